@@ -1,0 +1,1 @@
+"""Backends: IR -> artifacts a runtime executes (TFLite, QNN)."""

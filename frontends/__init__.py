@@ -1,0 +1,1 @@
+"""Frontends: model formats -> qir IR, sharing one graph builder per model family."""

@@ -1,0 +1,92 @@
+"""Weights as lazy arrays: an array, a callable producing one, or an entry of a .safetensors file.
+
+Nothing is read or converted until someone asks for it, so lowering a 1B-parameter model only
+touches file headers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qir.errors import QirError
+
+
+class SafetensorsEntry:
+    """One tensor inside a .safetensors file, read on demand."""
+
+    __slots__ = ("path", "key")
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key = Path(path), key
+
+    def __call__(self) -> np.ndarray:
+        from safetensors import safe_open
+        try:
+            with safe_open(str(self.path), framework="numpy") as f:
+                return f.get_tensor(self.key)
+        except Exception as exc:  # corrupt or truncated files surface here
+            raise QirError(f"cannot read tensor '{self.key}' from {self.path}: {exc}") from None
+
+
+class WeightStore:
+    """Maps constant names to lazy array sources."""
+
+    def __init__(self):
+        self._sources: dict[str, np.ndarray | Callable[[], np.ndarray]] = {}
+
+    def set(self, name: str, source) -> None:
+        self._sources[name] = source
+
+    def has(self, name: str) -> bool:
+        return name in self._sources
+
+    def get(self, name: str) -> np.ndarray:
+        try:
+            source = self._sources[name]
+        except KeyError:
+            raise QirError(f"no data for constant @{name}") from None
+        return np.asarray(source() if callable(source) else source)
+
+    def names(self) -> list[str]:
+        return list(self._sources)
+
+    def drop(self, name: str) -> None:
+        self._sources.pop(name, None)
+
+    @classmethod
+    def from_safetensors(cls, path: Path) -> "WeightStore":
+        """Lazy entries for every tensor in `path` (only the header is read here)."""
+        from safetensors import safe_open
+        store = cls()
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                keys = list(f.keys())
+        except FileNotFoundError:
+            raise QirError(f"weights file not found: {path}") from None
+        except Exception as exc:
+            raise QirError(f"{path} is not a readable .safetensors file: {exc}") from None
+        for key in keys:
+            store.set(key, SafetensorsEntry(path, key))
+        return store
+
+
+def save_weights(module, path: Path) -> int:
+    """Write the data of every constant of `module` to `path` (atomically); returns bytes written."""
+    from safetensors.numpy import save_file
+    arrays = {}
+    for name, decl in module.constants.items():
+        array = module.weights.get(name)
+        if tuple(array.shape) != decl.type.shape:
+            raise QirError(f"constant @{name}: data has shape {tuple(array.shape)}, declared {decl.type}")
+        arrays[name] = np.ascontiguousarray(array.astype(decl.type.np_dtype, copy=False))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        save_file(arrays, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path.stat().st_size
