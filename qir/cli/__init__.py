@@ -1,0 +1,1 @@
+"""The commands: qir-compile, qir-opt, qir-eval."""

@@ -1,0 +1,84 @@
+"""qir-compile [MODEL] [-p PIPELINE | --recipe NAME] [-o OUTDIR]: lower a model, run a pipeline,
+write OUTDIR/model.qir + model.safetensors (+ tokenizer.json) and print a summary."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from qir.cli.common import ArgumentParser, add_pass_manager_flags, console, make_pass_manager, out, run_main
+from qir.frontend import DEFAULT_MODEL, DEFAULT_SEQ_LEN, EMBEDDED_MODELS
+
+# facts about the model a .qir file keeps for later evaluation (module attributes)
+KEPT_INFO = ("bos_token_id", "eos_token_id", "pad_token_id", "add_bos")
+
+
+def build_parser() -> ArgumentParser:
+    from qir.recipes import DEFAULT_RECIPE, RECIPES
+    parser = ArgumentParser(prog="qir-compile", description="Lower a model to qir IR, run a recipe or pipeline, "
+                                                            "and write the result.")
+    parser.add_argument("model", nargs="?", help=f"a .gguf file, a Hugging Face folder, a .qir file, or one of "
+                                                 f"{', '.join(EMBEDDED_MODELS)} (default: {DEFAULT_MODEL})")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-p", "--pipeline", help="passes to run, e.g. 'canonicalize,dce'")
+    group.add_argument("--recipe", default=None,
+                       help=f"a named pipeline: {', '.join(RECIPES)} (default: {DEFAULT_RECIPE})")
+    parser.add_argument("-o", "--outdir", type=Path, default=Path("qir-out"), help="output folder (default: qir-out)")
+    parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
+                        help=f"static sequence length L of the lowered functions (default: {DEFAULT_SEQ_LEN})")
+    add_pass_manager_flags(parser)
+    return parser
+
+
+def body(argv) -> int:
+    from qir.errors import QirError
+    from qir.frontend import load_model
+    from qir.output import staged_directory
+    from qir.printer import print_module
+    from qir.recipes import DEFAULT_RECIPE, recipe_pipeline
+    from qir.summary import human_bytes, module_table
+    from qir.verifier import verify
+    from qir.weights import save_weights
+
+    args = build_parser().parse_args(argv)
+    if args.seq_len < 1:
+        raise QirError(f"--seq-len must be positive, got {args.seq_len}")
+    pipeline = args.pipeline if args.pipeline is not None else recipe_pipeline(args.recipe or DEFAULT_RECIPE)
+    manager = make_pass_manager(args, pipeline)
+
+    start = time.perf_counter()
+    with console.status("loading and lowering the model"):
+        loaded = load_model(args.model, seq_len=args.seq_len)
+        verify(loaded.module)
+    lowered = time.perf_counter() - start
+    module = loaded.module
+    manager.run(module)
+
+    with staged_directory(args.outdir) as stage, console.status(f"writing {args.outdir}"):
+        module.attrs["kind"] = loaded.kind
+        module.attrs.update({k: loaded.info[k] for k in KEPT_INFO if isinstance(loaded.info.get(k), (int, bool))})
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save(str(stage / "tokenizer.json"))
+            module.attrs["tokenizer"] = "tokenizer.json"
+        weight_bytes = save_weights(module, stage / "model.safetensors")
+        module.attrs["weights"] = "model.safetensors"
+        (stage / "model.qir").write_text(print_module(module))
+    total = time.perf_counter() - start
+
+    table = module_table(module, f"qir-compile: {args.model or DEFAULT_MODEL} -> {args.outdir}")
+    table.add_row("lower + verify", f"{lowered:.2f} s")
+    for name, seconds, modified in manager.timings:
+        table.add_row(f"pass {name}", f"{seconds:.3f} s{'' if modified else ' (no change)'}")
+    table.add_row("total", f"{total:.2f} s")
+    table.add_row("wrote", f"model.qir, model.safetensors ({human_bytes(weight_bytes)})"
+                  + (", tokenizer.json" if loaded.tokenizer is not None else ""))
+    out.print(table)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

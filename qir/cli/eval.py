@@ -1,0 +1,77 @@
+"""qir-eval [MODEL] [--text pydoc|FILE] [--tokens N] [--context L] [--json]: perplexity of a causal
+LM on real text, or sentence embeddings of an encoder."""
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.table import Table
+
+from qir.cli.common import ArgumentParser, console, out, run_main
+from qir.frontend import DEFAULT_MODEL, DEFAULT_SEQ_LEN, EMBEDDED_MODELS
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="qir-eval", description="Evaluate a model on real text that needs no download.")
+    parser.add_argument("model", nargs="?", help=f"a .gguf file, a Hugging Face folder, a .qir file, or one of "
+                                                 f"{', '.join(EMBEDDED_MODELS)} (default: {DEFAULT_MODEL})")
+    parser.add_argument("--text", default="pydoc", help="'pydoc' (Python's own documentation prose, the default) "
+                                                        "or a UTF-8 text file")
+    parser.add_argument("--tokens", type=int, default=4096, help="causal LM: evaluate the first N tokens (default 4096)")
+    parser.add_argument("--context", type=int, default=DEFAULT_SEQ_LEN,
+                        help=f"causal LM: window length L (default {DEFAULT_SEQ_LEN}); encoder: padded length")
+    parser.add_argument("--sentences", type=int, default=64,
+                        help="encoder: how many sentences to embed (default 64; from a file: its non-empty lines)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
+    return parser
+
+
+def body(argv) -> int:
+    from qir.errors import QirError
+    from qir.evaluate import embeddings, perplexity
+    from qir.frontend import load_model
+    from qir.text import load_text, sentences
+
+    args = build_parser().parse_args(argv)
+    if args.tokens < 2 or args.context < 2 or args.sentences < 1:
+        raise QirError("--tokens and --context must be at least 2, --sentences at least 1")
+    text = load_text(args.text)
+    with console.status("loading the model"):
+        loaded = load_model(args.model, seq_len=args.context)
+    name = args.model or DEFAULT_MODEL
+    if loaded.kind == "causal-lm":
+        result = {"model": name, "text": args.text, **perplexity(loaded, text, args.tokens, args.context, console)}
+        if args.json:
+            print(json.dumps(result, indent=2))
+            return 0
+        table = Table(title=f"qir-eval: {name} (float interpreter)", title_justify="left")
+        for key in ("text", "tokens", "context", "windows", "bos_per_window", "nll", "perplexity"):
+            table.add_row(key, f"{result[key]:.4f}" if isinstance(result[key], float) else str(result[key]))
+        out.print(table)
+        return 0
+    if loaded.kind == "encoder":
+        if args.text == "pydoc":
+            chosen = sentences(args.sentences)
+        else:
+            chosen = [line.strip() for line in text.splitlines() if line.strip()][:args.sentences]
+        vectors = embeddings(loaded, chosen, console)
+        if args.json:
+            print(json.dumps({"model": name, "text": args.text, "context": loaded.seq_len, "sentences": chosen,
+                              "embeddings": vectors.round(7).tolist()}))
+            return 0
+        table = Table(title=f"qir-eval: {name} sentence embeddings ({vectors.shape[1]} dims)", title_justify="left")
+        table.add_column("sentence")
+        table.add_column("norm", justify="right")
+        for sentence, vector in zip(chosen, vectors):
+            table.add_row(sentence[:70], f"{(vector ** 2).sum() ** 0.5:.4f}")
+        out.print(table)
+        return 0
+    raise QirError(f"qir-eval does not know how to evaluate a model of kind '{loaded.kind}'")
+
+
+def main(argv=None) -> int:
+    return run_main(body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
