@@ -68,16 +68,19 @@ def verify_function(func: Function, module: Module) -> None:
         defined.add(id(value))
 
     for arg in func.args:
-        define(arg)
-        if arg.quant is not None:
-            check_quant(arg.quant, arg.type, module, f"argument %{arg.name}")
+        try:
+            define(arg)
+            if arg.quant is not None:
+                check_quant(arg.quant, arg.type, module, f"argument %{arg.name}")
+        except QirError as exc:
+            raise VerifyError(f"@{func.name}: {exc}") from None
     for op in func.ops:
         try:
             _verify_op(op, defined, module)
+            for r in op.results:
+                define(r)
         except QirError as exc:
             raise VerifyError(_with_window(str(exc), op, module)) from None
-        for r in op.results:
-            define(r)
     if not func.outputs:
         raise VerifyError(f"function @{func.name} returns nothing")
     for value in func.outputs:
