@@ -81,6 +81,8 @@ def verify_function(func: Function, module: Module) -> None:
                 define(r)
         except QirError as exc:
             raise VerifyError(_with_window(str(exc), op, module)) from None
+        except (TypeError, ValueError) as exc:  # an attribute of the wrong kind, e.g. perm = 1
+            raise VerifyError(_with_window(f"{op.name}: invalid attribute or operand ({exc})", op, module)) from None
     if not func.outputs:
         raise VerifyError(f"function @{func.name} returns nothing")
     for value in func.outputs:
