@@ -29,7 +29,7 @@ class MergeReshapes(RewritePattern):
         merged.results[0].quant = op.result.quant
         rewriter.insert_before(op, merged)
         rewriter.replace_op(op, merged.results)
-        if not inner.result.uses:
+        if not inner.result.uses and not any(v is inner.result for v in rewriter.func.outputs):
             rewriter.erase(inner)
         return True
 
