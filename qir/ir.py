@@ -201,7 +201,7 @@ class Function:
             self._names.discard(r.name)
 
     def used_constants(self) -> list[str]:
-        return [n for n, ref in self._constants.items() if ref.uses]
+        return [n for n, ref in self._constants.items() if ref.uses or any(v is ref for v in self.outputs)]
 
     @property
     def input_types(self) -> list[TensorType]:
