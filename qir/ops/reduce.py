@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from qir.errors import QirError
 from qir.ir import Op, REQUIRED
 from qir.ops.base import normalize_axis
 
@@ -13,6 +14,8 @@ class _Reduce(Op):
     def infer_types(self):
         x = self.operands[0].type
         axes = {normalize_axis(self, a, x.rank) for a in self.attrs["axes"]}
+        if len(axes) != len(self.attrs["axes"]):
+            raise QirError(f"{self.name}: axes {list(self.attrs['axes'])} name an axis of {x} twice")
         if self.attrs["keepdims"]:
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
         else:
