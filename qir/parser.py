@@ -22,7 +22,7 @@ _TOKEN = re.compile(r"""
   | (?P<number>[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|inf)(?![A-Za-z_]))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<arrow>->)
-  | (?P<punct>[=,:(){}\[\]<>!])
+  | (?P<punct>[=,:(){}\[\]<>!?])
 """, re.VERBOSE)
 
 
