@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import ml_dtypes
 import numpy as np
 
 from qir.ir import Function, Module, Op, Value
@@ -50,7 +51,7 @@ def format_op(op: Op) -> str:
 def format_scalar(x) -> str:
     if isinstance(x, (bool, np.bool_)):
         return "true" if x else "false"
-    if np.issubdtype(type(x), np.integer) or isinstance(x, int):
+    if np.issubdtype(type(x), np.integer) or isinstance(x, (int, ml_dtypes.int4, ml_dtypes.uint4)):
         return str(int(x))
     text = str(x)  # shortest text that round-trips in the value's own precision
     return text if any(c in text for c in ".eEn") else text + ".0"
