@@ -30,8 +30,11 @@ class QuantSpec:
             value = getattr(self, field)
             if not isinstance(value, str):
                 items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-                cast = float if field == "scale" else int
+                cast = float if field == "scale" else (lambda v: _integer(v, "zero point"))
                 object.__setattr__(self, field, tuple(cast(v) for v in items))
+        for field in ("axis", "block_size"):
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, _integer(getattr(self, field), field.replace("_size", " size")))
         if not 2 <= self.bits <= 32:
             raise QirError(f"quantization to {self.bits} bits is not supported (2..32)")
         if self.block_size is not None and self.axis is None:
@@ -65,6 +68,12 @@ class QuantSpec:
         parts.append(f"s={_params(self.scale)}")
         parts.append(f"z={_params(self.zero_point)}")
         return f"!q<{' '.join(parts)}>"
+
+
+def _integer(value, what: str) -> int:
+    if isinstance(value, (tuple, list, str)) or int(value) != value:
+        raise QirError(f"the quant {what} must be an integer, got {value!r}")
+    return int(value)
 
 
 def _params(value) -> str:
