@@ -22,7 +22,7 @@ def format_attr(value) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):  # module attributes are a plain dict: lists stay lists
         return "[" + ", ".join(format_attr(v) for v in value) + "]"
     raise TypeError(f"cannot print attribute value {value!r}")
 
