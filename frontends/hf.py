@@ -38,7 +38,7 @@ def read_safetensors(folder: Path) -> WeightStore:
     for file in files:
         part = WeightStore.from_safetensors(file)
         for name in part.names():
-            store.set(name, part._sources[name])
+            store.set(name, part.source(name))
     return store
 
 

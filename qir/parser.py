@@ -119,7 +119,7 @@ class Parser:
         store = WeightStore.from_safetensors(path)
         for name in module.constants:
             if store.has(name):
-                module.weights.set(name, store._sources[name])
+                module.weights.set(name, store.source(name))
 
     def parse_const(self, module: Module, inline: dict) -> None:
         self.expect("const")

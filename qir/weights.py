@@ -42,6 +42,13 @@ class WeightStore:
     def has(self, name: str) -> bool:
         return name in self._sources
 
+    def source(self, name: str):
+        """The lazy source of @name as stored (array, callable or file entry), without reading it."""
+        try:
+            return self._sources[name]
+        except KeyError:
+            raise QirError(f"no data for constant @{name}") from None
+
     def get(self, name: str) -> np.ndarray:
         try:
             source = self._sources[name]
