@@ -5,6 +5,8 @@ import math
 from types import MappingProxyType
 from typing import Any, ClassVar, Iterable
 
+import numpy as np
+
 from qir.errors import QirError
 from qir.quant import QuantSpec
 from qir.types import TensorType
@@ -137,7 +139,9 @@ class Op:
 
 
 def _freeze(value):
-    if isinstance(value, list):
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()  # numpy scalars and arrays become the Python values the printer knows
+    if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, float) and math.isnan(value):
         raise QirError("NaN is not a valid attribute value")
