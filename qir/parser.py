@@ -11,6 +11,7 @@ import numpy as np
 
 from qir.errors import ParseError, QirError
 from qir.ir import OP_REGISTRY, Function, Module, Value
+from qir.printer import format_type
 from qir.quant import QuantSpec
 from qir.types import DTYPES, TensorType
 
@@ -172,8 +173,8 @@ class Parser:
         while self.accept(","):
             outputs.append(self.use(func, scope))
         if [(v.type, v.quant) for v in outputs] != out_types:
-            raise self.error(f"returned types ({', '.join(str(v.type) for v in outputs)}) differ from the "
-                             f"signature ({', '.join(str(t) for t, _ in out_types)})", ret)
+            raise self.error(f"returned types ({', '.join(format_type(v.type, v.quant) for v in outputs)}) differ "
+                             f"from the signature ({', '.join(format_type(t, q) for t, q in out_types)})", ret)
         func.outputs = outputs
         self.expect("}", what="'}' closing the function")
 
