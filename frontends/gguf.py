@@ -13,7 +13,7 @@ import numpy as np
 from qir import Frontend, LoadedModel, QirError
 from qir.weights import WeightStore
 
-from frontends.llama import LlamaConfig, loaded_llama, unpermute_from_interleaved_rope
+from frontends.llama import LlamaConfig, hf_tensor_shapes, loaded_llama, unpermute_from_interleaved_rope
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -142,16 +142,41 @@ def hf_name(gguf_name: str, path: Path) -> str:
 
 
 def llama_weights(reader, path: Path, config: LlamaConfig) -> WeightStore:
-    store = WeightStore()
+    """Lazy sources under Hugging Face names, checked against the metadata; errors name the GGUF tensor."""
+    store, gguf_names = WeightStore(), {}
     for tensor in reader.tensors:
         name = hf_name(tensor.name, path)
+        match = _BLOCK_NAME.fullmatch(tensor.name)
+        if match and int(match.group(1)) >= config.num_layers:
+            raise QirError(f"{path}: tensor '{tensor.name}' belongs to a block past "
+                           f"{config.architecture}.block_count = {config.num_layers}")
         heads = None
         if ".self_attn.q_proj." in name:
             heads = config.num_heads
         elif ".self_attn.k_proj." in name:
             heads = config.num_kv_heads
         store.set(name, GGUFTensorSource(tensor, path, heads))
+        gguf_names[name] = tensor.name
+    for name, shape in hf_tensor_shapes(config).items():
+        if not store.has(name):
+            raise QirError(f"{path}: no tensor '{gguf_name_of(name)}', which a {config.architecture} model "
+                           f"with this metadata needs")
+        actual = store._sources[name].shape
+        if actual != shape:
+            raise QirError(f"{path}: tensor '{gguf_names[name]}' is {list(actual)} as [out, in], but the metadata "
+                           f"implies {list(shape)}")
     return store
+
+
+def gguf_name_of(hf: str) -> str:
+    """The llama.cpp name of a Hugging Face tensor name (for messages)."""
+    stem, _, kind = hf.rpartition(".")
+    for gguf_stem, hf_stem in GLOBAL_TENSORS.items():
+        if stem == hf_stem:
+            return f"{gguf_stem}.{kind}"
+    layer, _, part = stem.removeprefix("model.layers.").partition(".")
+    short = {v: k for k, v in BLOCK_TENSORS.items()}[part]
+    return f"blk.{layer}.{short}.{kind}"
 
 
 def gguf_tokenizer(reader, path: Path, arch: str):

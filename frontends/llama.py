@@ -352,7 +352,10 @@ def tokenizer_adds_bos(tokenizer, bos_token_id) -> bool:
 
 
 def loaded_llama(config: LlamaConfig, weights: WeightStore, seq_len: int, tokenizer, name: str,
-                 bos_token_id: int | None, add_bos: bool, eos_token_id=None, extra_info: dict | None = None) -> LoadedModel:
+                 bos_token_id: int | None, add_bos: bool, eos_token_id=None,
+                 extra_info: dict | None = None) -> LoadedModel:
+    """The module plus what evaluating it needs; BOS facts also go into the module's attributes,
+    so a saved .qir file evaluates the same way."""
     module = build_llama(config, weights, seq_len, name)
     if bos_token_id is not None:
         module.attrs.update({"bos_token_id": int(bos_token_id), "add_bos": bool(add_bos)})
