@@ -6,6 +6,7 @@ vocabulary in the metadata by transformers' GGUF tokenizer support."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,9 @@ class GGUFTensorSource:
         return array
 
 
+@cache
 def _plain_view_reader():
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # imported on first use: every load_model call instantiates all frontends
 
     class PlainViewReader(GGUFReader):
         """GGUFReader that slices a plain ndarray view of its memory map. Every slice of a
@@ -123,12 +125,17 @@ def llama_config(reader, path: Path, arch: str, tensor_names: set[str]) -> Llama
     return LlamaConfig(
         vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(meta("feed_forward_length")),
         num_layers=int(meta("block_count")), num_heads=heads, num_kv_heads=int(meta("attention.head_count_kv", heads)),
-        head_dim=head_dim, rms_eps=float(meta("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta("rope.freq_base", 10000.0)), tie_embeddings="output.weight" not in tensor_names,
+        head_dim=head_dim, rms_eps=f32_value(meta("attention.layer_norm_rms_epsilon")),
+        rope_theta=f32_value(meta("rope.freq_base", 10000.0)), tie_embeddings="output.weight" not in tensor_names,
         qkv_bias="blk.0.attn_q.bias" in tensor_names, o_bias="blk.0.attn_output.bias" in tensor_names,
         mlp_bias="blk.0.ffn_up.bias" in tensor_names, activation="silu",
         max_positions=int(context) if context is not None else None, architecture=arch,
     )
+
+
+def f32_value(value) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.999999747378752e-06)."""
+    return float(str(np.float32(value)))
 
 
 def hf_name(gguf_name: str, path: Path) -> str:
