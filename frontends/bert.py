@@ -108,7 +108,7 @@ class Checkpoint:
         name = self.prefix + key
         if not self.weights.has(name):
             raise QirError(f"the checkpoint has no tensor '{name}' (needed by the BERT graph)")
-        return self.weights._sources[name]
+        return self.weights.source(name)
 
     def shape_and_dtype(self, key: str) -> tuple[tuple[int, ...], str]:
         source = self.source(key)

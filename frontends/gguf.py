@@ -168,7 +168,7 @@ def llama_weights(reader, path: Path, config: LlamaConfig) -> WeightStore:
         if not store.has(name):
             raise QirError(f"{path}: no tensor '{gguf_name_of(name)}', which a {config.architecture} model "
                            f"with this metadata needs")
-        actual = store._sources[name].shape
+        actual = store.source(name).shape
         if actual != shape:
             raise QirError(f"{path}: tensor '{gguf_names[name]}' is {list(actual)} as [out, in], but the metadata "
                            f"implies {list(shape)}")

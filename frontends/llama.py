@@ -200,7 +200,7 @@ def check_weights(config: LlamaConfig, weights: WeightStore) -> dict[str, tuple[
                        f"with this config needs")
     found = {}
     for name, shape in expected.items():
-        actual, dtype = lazy_shape_dtype(weights._sources[name])
+        actual, dtype = lazy_shape_dtype(weights.source(name))
         if actual != shape:
             raise QirError(f"tensor '{name}' has shape {list(actual)}, but the config implies {list(shape)}")
         if dtype not in ("f32", "f16", "bf16", "f64"):
@@ -273,7 +273,7 @@ def build_llama(config: LlamaConfig, weights: WeightStore, seq_len: int, name: s
 
     def weight(hf_name: str):
         shape, dtype = found[hf_name]
-        return b.const(short[hf_name], weights._sources[hf_name], shape=shape, dtype=dtype)
+        return b.const(short[hf_name], weights.source(hf_name), shape=shape, dtype=dtype)
 
     def linear(x, hf_prefix: str, has_bias: bool, out: str):
         operands = [x, weight(hf_prefix + ".weight")]

@@ -92,6 +92,7 @@ def save_weights(module, path: Path) -> int:
     tmp = path.with_name(path.name + ".partial")
     try:
         save_file(arrays, str(tmp))
+        os.chmod(tmp, 0o644)  # an ordinary readable file, like the other outputs
         os.replace(tmp, path)
     finally:
         if tmp.exists():

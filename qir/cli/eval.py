@@ -44,7 +44,7 @@ def body(argv) -> int:
         if args.json:
             print(json.dumps(result, indent=2))
             return 0
-        table = Table(title=f"qir-eval: {name} (float interpreter)", title_justify="left")
+        table = Table(title=f"qir-eval: {name} (float interpreter)", title_justify="left", show_header=False)
         for key in ("text", "tokens", "context", "windows", "bos_per_window", "nll", "perplexity"):
             table.add_row(key, f"{result[key]:.4f}" if isinstance(result[key], float) else str(result[key]))
         out.print(table)
