@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
 from transformers import BertConfig, BertModel
 
 import qir
+from tests.frontends.checkpoint_edits import delete_tensor, edit_config
 from qir.weights import SafetensorsEntry
 
 SEQ_LEN = 16
@@ -119,13 +119,6 @@ def test_ir_has_readable_names_and_round_trips(checkpoint):
     assert qir.print_module(qir.parse(text)) == text
 
 
-def edit_config(folder, **changes):
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    config.update(changes)
-    path.write_text(json.dumps(config))
-
-
 @pytest.mark.parametrize("changes, needles", [
     ({"intermediate_size": 40},
      ["encoder.layer.0.intermediate.dense.weight", "[40, 32]", "[48, 32]", "intermediate_size"]),
@@ -145,10 +138,7 @@ def test_contradicting_or_unsupported_config_is_a_readable_error(editable_checkp
 
 
 def test_missing_tensor_is_named(editable_checkpoint):
-    path = editable_checkpoint / "model.safetensors"
-    tensors = load_file(str(path))
-    del tensors["encoder.layer.1.attention.self.key.weight"]
-    save_file(tensors, str(path))
+    delete_tensor(editable_checkpoint, "encoder.layer.1.attention.self.key.weight")
     with pytest.raises(qir.QirError, match=r"no tensor 'encoder\.layer\.1\.attention\.self\.key\.weight'"):
         qir.load_model(editable_checkpoint, seq_len=SEQ_LEN)
 

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig as HFLlamaConfig, Qwen2Config
 
 import qir
+from tests.frontends.checkpoint_edits import delete_tensor, edit_config
 from frontends.hf import read_config, read_safetensors
 from frontends.llama import (LlamaConfig, build_llama, permute_for_interleaved_rope,
                              unpermute_from_interleaved_rope)
@@ -160,18 +160,8 @@ def folder(tmp_path):
     return tmp_path
 
 
-def edit_config(folder, **changes):
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    config.update(changes)
-    path.write_text(json.dumps(config))
-
-
 def test_missing_tensor_is_named(folder):
-    path = folder / "model.safetensors"
-    tensors = load_file(str(path))
-    del tensors["model.layers.1.self_attn.k_proj.weight"]
-    save_file(tensors, str(path))
+    delete_tensor(folder, "model.layers.1.self_attn.k_proj.weight")
     with pytest.raises(qir.QirError, match=r"no tensor 'model\.layers\.1\.self_attn\.k_proj\.weight'"):
         qir.load_model(folder, seq_len=SEQ_LEN)
 
