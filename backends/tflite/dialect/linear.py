@@ -1,0 +1,123 @@
+"""tfl.fully_connected and tfl.batch_matmul: integer matmuls with a requantizing multiplier."""
+from __future__ import annotations
+
+import numpy as np
+
+from backends.tflite.dialect.base import (INT_RANGES, TflOp, activation_range, clamp, f32, scale_of,
+                                          tensor_spec, zero_of)
+from backends.tflite.fixed_point import quantize_multiplier, requantize
+from qir.errors import QirError
+from qir.ops.base import broadcast_shape
+from qir.types import TensorType
+
+# How each kernel rounds its requantization in ai-edge-litert 2.3 (measured: see
+# docs/tflite-backend.md). int16 activations accumulate in int64, which the runtime requantizes
+# with a multiplier reduced to 16 bits.
+FC_ROUNDING = {"i8": "single", "i16": "single"}
+BATCH_MATMUL_ROUNDING = {"i8": "double", "i16": "int64"}
+
+
+def weight_scales(op_name: str, w) -> list[float]:
+    spec = w.quant
+    if spec is None or isinstance(spec.scale, str):
+        raise QirError(f"{op_name}: weight @{w.name} needs an inline quant spec, has {spec}")
+    if spec.scheme == "per-block" or (spec.axis not in (None, 0)):
+        raise QirError(f"{op_name}: weight @{w.name} must be per-tensor or per-channel along axis 0, has {spec}")
+    return [f32(s) for s in spec.scale]
+
+
+class FullyConnected(TflOp):
+    """y = clamp(requantize(sum_k (x + input_offset) * w[n, k] + b[n]) + output_offset).
+
+    x [..., K] (the leading axes are kept: keep_num_dims), w [N, K] int8 per-tensor or
+    per-channel along axis 0 with zero point 0, b [N] int32 (int64 for int16 activations).
+    One (multiplier, shift) per output channel: real = s_x * s_w[n] / s_y."""
+
+    name = "tfl.fully_connected"
+    tflite_op = "FULLY_CONNECTED"
+    num_operands = (2, 3)
+    options = {"fused_activation": "NONE"}
+    params = ("input_offset", "output_offset", "multiplier", "shift", "activation_min", "activation_max", "rounding")
+
+    def infer_types(self):
+        x, w = self.operands[0].type, self.operands[1].type
+        if x.dtype not in self.dtypes or w.dtype != "i8":
+            raise QirError(f"{self.name}: needs i8 or i16 input and i8 weight, got {x} and {w}")
+        if w.rank != 2 or x.rank < 1 or x.shape[-1] != w.shape[1]:
+            raise QirError(f"{self.name}: input {x} does not match weight {w} (weight is [out, in])")
+        if len(self.operands) == 3:
+            b = self.operands[2].type
+            want = "i64" if x.dtype == "i16" else "i32"
+            if b.shape != (w.shape[0],) or b.dtype != want:
+                raise QirError(f"{self.name}: bias must be {want}[{w.shape[0]}] for {x.dtype} input, got {b}")
+        return [x.with_shape(x.shape[:-1] + (w.shape[0],))]
+
+    @classmethod
+    def derive(cls, operands, results, options):
+        x, w = operands[0], operands[1]
+        sx, sy = tensor_spec(cls.name, x, "input"), results[0]
+        if sy is None:
+            raise QirError(f"{cls.name}: the result needs a quant spec")
+        scales = weight_scales(cls.name, w)
+        multipliers, shifts = zip(*(quantize_multiplier(scale_of(sx) * s / scale_of(sy)) for s in scales))
+        low, high = activation_range(options["fused_activation"], sy)
+        return {"input_offset": -zero_of(sx), "output_offset": zero_of(sy), "multiplier": tuple(multipliers),
+                "shift": tuple(shifts), "activation_min": low, "activation_max": high,
+                "rounding": FC_ROUNDING[x.type.dtype]}
+
+    def integer(self, x, w, b=None):
+        acc = np.einsum("...k,nk->...n", np.asarray(x, np.int64) + self.attrs["input_offset"],
+                        np.asarray(w, np.int64))
+        if b is not None:
+            acc = acc + np.asarray(b, np.int64)
+        n = w.shape[0]
+        mult = np.broadcast_to(np.asarray(self.attrs["multiplier"], np.int64), (n,))
+        shift = np.broadcast_to(np.asarray(self.attrs["shift"], np.int64), (n,))
+        y = requantize(acc, mult, shift, self.attrs["rounding"]) + self.attrs["output_offset"]
+        return clamp(y, *self.out_range(), self.results[0].type.dtype)
+
+
+class BatchMatMul(TflOp):
+    """y = clamp(requantize(sum_k (a + lhs_offset) * (b + rhs_offset)) + output_offset), batch axes
+    broadcast; adj_x / adj_y transpose the last two axes of a / b. real = s_a * s_b / s_y."""
+
+    name = "tfl.batch_matmul"
+    tflite_op = "BATCH_MATMUL"
+    num_operands = 2
+    options = {"adj_x": False, "adj_y": False}
+    params = ("lhs_offset", "rhs_offset", "output_offset", "multiplier", "shift", "rounding")
+
+    def infer_types(self):
+        a, b = (v.type for v in self.operands)
+        if a.dtype not in self.dtypes or b.dtype != a.dtype:
+            raise QirError(f"{self.name}: operands must both be i8 or both i16, got {a} and {b}")
+        if not 2 <= a.rank <= 5 or not 2 <= b.rank <= 5:
+            raise QirError(f"{self.name}: operands must have rank 2 to 5, got {a} and {b}")
+        m, ka = (a.shape[-1], a.shape[-2]) if self.attrs["adj_x"] else (a.shape[-2], a.shape[-1])
+        kb, n = (b.shape[-1], b.shape[-2]) if self.attrs["adj_y"] else (b.shape[-2], b.shape[-1])
+        if ka != kb:
+            raise QirError(f"{self.name}: contraction sizes differ: {a} and {b}")
+        return [a.with_shape(broadcast_shape(self, a.shape[:-2], b.shape[:-2]) + (m, n))]
+
+    @classmethod
+    def derive(cls, operands, results, options):
+        sa = tensor_spec(cls.name, operands[0], "lhs")
+        sb = tensor_spec(cls.name, operands[1], "rhs")
+        sy = results[0]
+        if sy is None:
+            raise QirError(f"{cls.name}: the result needs a quant spec")
+        multiplier, shift = quantize_multiplier(scale_of(sa) * scale_of(sb) / scale_of(sy))
+        return {"lhs_offset": -zero_of(sa), "rhs_offset": -zero_of(sb), "output_offset": zero_of(sy),
+                "multiplier": multiplier, "shift": shift, "rounding": BATCH_MATMUL_ROUNDING[operands[0].type.dtype]}
+
+    def integer(self, a, b):
+        a = np.asarray(a, np.int64) + self.attrs["lhs_offset"]
+        b = np.asarray(b, np.int64) + self.attrs["rhs_offset"]
+        if self.attrs["adj_x"]:
+            a = np.swapaxes(a, -1, -2)
+        if self.attrs["adj_y"]:
+            b = np.swapaxes(b, -1, -2)
+        acc = np.matmul(a, b)
+        y = requantize(acc, self.attrs["multiplier"], self.attrs["shift"], self.attrs["rounding"])
+        dtype = self.results[0].type.dtype
+        return clamp(y + self.attrs["output_offset"], *INT_RANGES[dtype], dtype)
