@@ -44,6 +44,7 @@ class _AddSub(_Binary):
               "input1_shift", "input2_multiplier", "input2_shift", "output_multiplier", "output_shift",
               "activation_min", "activation_max", "rounding")
     sign = 1
+    rounding_by_dtype = ADD_ROUNDING
 
     @classmethod
     def derive(cls, operands, results, options):
@@ -89,6 +90,7 @@ class Mul(_Binary):
     tflite_op = "MUL"
     params = ("input1_offset", "input2_offset", "output_offset", "multiplier", "shift",
               "activation_min", "activation_max", "rounding")
+    rounding_by_dtype = MUL_ROUNDING
 
     @classmethod
     def derive(cls, operands, results, options):

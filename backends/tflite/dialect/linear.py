@@ -38,6 +38,7 @@ class FullyConnected(TflOp):
     num_operands = (2, 3)
     options = {"fused_activation": "NONE"}
     params = ("input_offset", "output_offset", "multiplier", "shift", "activation_min", "activation_max", "rounding")
+    rounding_by_dtype = FC_ROUNDING
 
     def infer_types(self):
         x, w = self.operands[0].type, self.operands[1].type
@@ -86,6 +87,7 @@ class BatchMatMul(TflOp):
     num_operands = 2
     options = {"adj_x": False, "adj_y": False}
     params = ("lhs_offset", "rhs_offset", "output_offset", "multiplier", "shift", "rounding")
+    rounding_by_dtype = BATCH_MATMUL_ROUNDING
 
     def infer_types(self):
         a, b = (v.type for v in self.operands)

@@ -18,6 +18,7 @@ class Quantize(TflOp):
     tflite_op = "QUANTIZE"
     options = {"dtype": "i8"}
     params = ("input_offset", "output_offset", "multiplier", "shift", "rounding")
+    rounding_by_dtype = {d: f"from f32: half away; from {d}: {r}" for d, r in REQUANTIZE_ROUNDING.items()}
 
     def infer_types(self):
         x = self.operands[0].type
@@ -56,6 +57,7 @@ class Dequantize(TflOp):
     name = "tfl.dequantize"
     tflite_op = "DEQUANTIZE"
     params = ("zero_point",)
+    rounding_by_dtype = {"i8": "f32(s·(q−z))", "i16": "f32(s·(q−z))"}
 
     def infer_types(self):
         x = self.operands[0].type
