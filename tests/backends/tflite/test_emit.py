@@ -159,3 +159,18 @@ def test_rejects_core_ops():
 
 def test_doc_has_current_support_table():
     assert support_table() in DOC.read_text(), "regenerate the table in docs/tflite-backend.md from support_table()"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fc_add_softmax_graph_bitexact(seed):
+    rng = np.random.default_rng(100 + seed)
+    g = Graph()
+    sx = random_spec(rng, "i8")
+    x = g.arg("x", random_ints(rng, "i8", (3, 48)), sx)
+    w = g.const("w", rng.integers(-127, 128, (48, 48)).astype(np.int8),
+                spec("i8", tuple(float(s) for s in rng.uniform(0.002, 0.01, 48)), 0, axis=0))
+    h = g.op("tfl.fully_connected", x, w, name="h", quant=spec("i8", sx.scale[0] * 0.006 * 128 * 7 / 100, 2))
+    r = g.op("tfl.add", h, x, name="r", quant=spec("i8", (h.quant.scale[0] + sx.scale[0]) * 0.8, -5))
+    y = g.op("tfl.softmax", r, name="y", quant=spec("i8", 1 / 256, -128), beta=1.0)
+    runtime = compare_with_runtime(g.ret(y), f"fc->add->softmax #{seed}")
+    assert np.unique(runtime["y"]).size > 2

@@ -169,3 +169,15 @@ def test_data_movement(dtype, seed):
     g.ret(r, t, e, c)
     runtime = compare_with_runtime(g, f"data movement {dtype} #{seed}")
     np.testing.assert_array_equal(runtime["t"], np.transpose(g.feeds["x"], (0, 2, 1)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_softmax_int8(seed):
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    rows, depth = int(rng.integers(1, 8)), int(rng.integers(2, 100))
+    x = g.arg("x", random_ints(rng, "i8", (rows, depth)), random_spec(rng, "i8", 0.02, 0.2))
+    beta = float(rng.choice([0.5, 1.0, 2.0]))
+    g.ret(g.op("tfl.softmax", x, quant=spec("i8", 1 / 256, -128), name="y", beta=beta))
+    runtime = compare_with_runtime(g, f"softmax i8 [{rows},{depth}] beta={beta} #{seed}")
+    assert np.unique(runtime["y"]).size > 2
