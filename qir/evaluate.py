@@ -42,9 +42,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def perplexity(loaded: LoadedModel, text: str, tokens: int = 4096, context: int | None = None,
-               console=None, run=None) -> dict:
+               console=None, run=None, reference=None) -> dict:
     """Perplexity over non-overlapping windows. `run(tokens) -> logits` defaults to the float
-    interpreter; backends pass their own runner to evaluate a compiled artifact."""
+    interpreter; backends pass their own runner to evaluate a compiled artifact. With
+    `reference(tokens) -> logits` (the float model), also the mean KL(reference || run) per token
+    and the top-1 agreement."""
     if loaded.kind != "causal-lm":
         raise QirError(f"perplexity needs a causal language model; this model is '{loaded.kind}'")
     context = context or loaded.seq_len
@@ -54,17 +56,27 @@ def perplexity(loaded: LoadedModel, text: str, tokens: int = 4096, context: int 
     if run is None:
         interpreter = Interpreter(loaded.module)
         run = lambda window: interpreter.run(window)[0]  # noqa: E731
-    nll, count = 0.0, 0
+    nll, ref_nll, kl, agree, count = 0.0, 0.0, 0.0, 0, 0
     with progress_bar(console) as bar:
         task = bar.add_task("perplexity", total=len(windows), status="")
         for window in windows:
             logp = log_softmax(np.asarray(run(window), np.float64)[0, :-1])
             targets = window[0, 1:]
-            nll -= float(logp[np.arange(len(targets)), targets].sum())
+            positions = np.arange(len(targets))
+            nll -= float(logp[positions, targets].sum())
+            if reference is not None:
+                ref = log_softmax(np.asarray(reference(window), np.float64)[0, :-1])
+                ref_nll -= float(ref[positions, targets].sum())
+                kl += float((np.exp(ref) * (ref - logp)).sum())
+                agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
             count += len(targets)
             bar.update(task, advance=1, status=f"ppl {math.exp(nll / count):.3f}")
-    return {"kind": "causal-lm", "tokens": len(windows) * context, "context": context, "windows": len(windows),
-            "bos_per_window": bos, "predicted_tokens": count, "nll": nll / count, "perplexity": math.exp(nll / count)}
+    result = {"kind": "causal-lm", "tokens": len(windows) * context, "context": context, "windows": len(windows),
+              "bos_per_window": bos, "predicted_tokens": count, "nll": nll / count, "perplexity": math.exp(nll / count)}
+    if reference is not None:
+        result.update({"float_perplexity": math.exp(ref_nll / count), "kl_to_float": kl / count,
+                       "top1_agreement": agree / count})
+    return result
 
 
 def encode_static(loaded: LoadedModel, sentence: str) -> tuple[np.ndarray, np.ndarray]:

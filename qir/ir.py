@@ -263,6 +263,11 @@ class Module:
     def main(self) -> Function:
         return next(iter(self.functions.values()))
 
+    def is_quantized(self) -> bool:
+        """Whether any constant, argument or op result carries a quant spec."""
+        return any(c.quant for c in self.constants.values()) or any(
+            v.quant for f in self.functions.values() for v in f.args + [r for op in f.ops for r in op.results])
+
     def parameter_count(self) -> int:
         return sum(c.type.size for c in self.constants.values())
 

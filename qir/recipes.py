@@ -6,11 +6,20 @@ from qir.errors import QirError
 RECIPES: dict[str, tuple[str, str]] = {
     # name: (pipeline, what it is for)
     "float": ("canonicalize,dce", "lower and clean up the float model; no quantization"),
+    "w8a8": ("canonicalize,dce,calibrate,quantize{recipe=w8a8}",
+             "int8 weights per channel, int8 activations; residual stream, norm inputs and softmax in int16"),
+    "a16w8": ("canonicalize,dce,calibrate,quantize{recipe=a16w8}", "int8 weights per channel, int16 activations"),
+    "w4a8": ("canonicalize,dce,calibrate,quantize{recipe=w4a8}",
+             "int4 weights per channel, int8 activations (wide tensors in int16)"),
+    "w4a16": ("canonicalize,dce,calibrate,quantize{recipe=w4a16}", "int4 weights per channel, int16 activations"),
 }
 DEFAULT_RECIPE = "float"
 
 
 def recipe_pipeline(name: str) -> str:
+    """The pipeline of a named recipe; a .json path runs the quantization recipe in that file."""
+    if name.endswith(".json"):
+        return f"canonicalize,dce,calibrate,quantize{{recipe={name}}}"
     if name not in RECIPES:
         raise QirError(f"unknown recipe '{name}'; available: "
                        + "; ".join(f"{k} ({why})" for k, (_, why) in RECIPES.items()))

@@ -26,9 +26,10 @@ def load_text(source: str = "pydoc") -> str:
         raise QirError(f"{source} is not UTF-8 text") from None
 
 
-def sentences(count: int, min_words: int = 6, max_words: int = 40) -> list[str]:
-    """`count` distinct prose sentences from the pydoc text (no code lines), in a fixed order."""
-    found, seen = [], set()
+def sentences(count: int, min_words: int = 6, max_words: int = 40, skip: int = 0) -> list[str]:
+    """`count` distinct prose sentences from the pydoc text (no code lines), in a fixed order,
+    after the first `skip` ones (calibration skips past those evaluation uses)."""
+    found, seen, skipped = [], set(), 0
     for paragraph in pydoc_text().split("\n\n"):
         if paragraph.startswith((" ", "\t")) or ">>>" in paragraph:
             continue  # code examples and indented blocks are not prose
@@ -36,6 +37,9 @@ def sentences(count: int, min_words: int = 6, max_words: int = 40) -> list[str]:
             words = sentence.split()
             if min_words <= len(words) <= max_words and sentence[0].isupper() and sentence not in seen:
                 seen.add(sentence)
+                if skipped < skip:
+                    skipped += 1
+                    continue
                 found.append(sentence)
                 if len(found) == count:
                     return found

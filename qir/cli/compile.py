@@ -24,6 +24,10 @@ def build_parser() -> ArgumentParser:
     group.add_argument("--recipe", default=None,
                        help=f"a named pipeline: {', '.join(RECIPES)} (default: {DEFAULT_RECIPE})")
     parser.add_argument("-o", "--outdir", type=Path, default=Path("qir-out"), help="output folder (default: qir-out)")
+    parser.add_argument("--calibration-samples", type=int, default=16,
+                        help="calibration windows/sentences made available to calibrate (default 16)")
+    parser.add_argument("--report-samples", type=int, default=2,
+                        help="inputs the quantization report (SQNR per value) runs on (default 2; 0 skips it)")
     parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
                         help=f"static sequence length L of the lowered functions (default: {DEFAULT_SEQ_LEN})")
     add_pass_manager_flags(parser)
@@ -38,11 +42,15 @@ def body(argv) -> int:
     from qir.recipes import DEFAULT_RECIPE, recipe_pipeline
     from qir.summary import human_bytes, module_table
     from qir.verifier import verify
+    from qir.calibration_data import calibration_inputs
+    from qir.passes import PassContext
+    from qir.quant_report import bits_of, report_table, sqnr_by_value, write_report
     from qir.weights import save_weights
+    INPUTS_KEY = "calibration_inputs"  # where the calibrate pass looks for its inputs
 
     args = build_parser().parse_args(argv)
-    if args.seq_len < 1:
-        raise QirError(f"--seq-len must be positive, got {args.seq_len}")
+    if args.seq_len < 1 or args.calibration_samples < 1 or args.report_samples < 0:
+        raise QirError("--seq-len and --calibration-samples must be positive, --report-samples not negative")
     pipeline = args.pipeline if args.pipeline is not None else recipe_pipeline(args.recipe or DEFAULT_RECIPE)
     manager = make_pass_manager(args, pipeline)
 
@@ -52,7 +60,16 @@ def body(argv) -> int:
         verify(loaded.module)
     lowered = time.perf_counter() - start
     module = loaded.module
-    manager.run(module)
+    ctx = PassContext()
+    if any(p.name == "calibrate" for p in manager.passes):
+        with console.status("preparing calibration data"):
+            ctx.data[INPUTS_KEY] = calibration_inputs(loaded, args.calibration_samples)
+    manager.run(module, ctx)
+    report = None
+    if module.is_quantized() and args.report_samples > 0:
+        with console.status("measuring SQNR per quantized value"):
+            inputs = ctx.data.get(INPUTS_KEY) or calibration_inputs(loaded, args.report_samples)
+            report = (sqnr_by_value(module, inputs[:args.report_samples]), bits_of(module))
 
     with staged_directory(args.outdir) as stage, console.status(f"writing {args.outdir}"):
         module.attrs["kind"] = loaded.kind
@@ -63,6 +80,10 @@ def body(argv) -> int:
         weight_bytes = save_weights(module, stage / "model.safetensors")
         module.attrs["weights"] = "model.safetensors"
         (stage / "model.qir").write_text(print_module(module))
+        written = ["model.qir", f"model.safetensors ({human_bytes(weight_bytes)})"]
+        written += ["tokenizer.json"] if loaded.tokenizer is not None else []
+        if report is not None:
+            written += write_report(*report, stage)
     total = time.perf_counter() - start
 
     table = module_table(module, f"qir-compile: {args.model or DEFAULT_MODEL} -> {args.outdir}")
@@ -70,9 +91,10 @@ def body(argv) -> int:
     for name, seconds, modified in manager.timings:
         table.add_row(f"pass {name}", f"{seconds:.3f} s{'' if modified else ' (no change)'}")
     table.add_row("total", f"{total:.2f} s")
-    table.add_row("wrote", f"model.qir, model.safetensors ({human_bytes(weight_bytes)})"
-                  + (", tokenizer.json" if loaded.tokenizer is not None else ""))
+    table.add_row("wrote", ", ".join(written))
     out.print(table)
+    if report is not None:
+        out.print(report_table(*report))
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
+
 from rich.table import Table
 
 from qir.cli.common import ArgumentParser, console, out, run_main
@@ -22,6 +24,9 @@ def build_parser() -> ArgumentParser:
                         help=f"causal LM: window length L (default {DEFAULT_SEQ_LEN}); encoder: padded length")
     parser.add_argument("--sentences", type=int, default=64,
                         help="encoder: how many sentences to embed (default 64; from a file: its non-empty lines)")
+    parser.add_argument("--mode", choices=("auto", "float", "fake-quant"), default="auto",
+                        help="interpreter mode; auto: fake-quant for a quantized model (compared with its float "
+                             "self: KL, top-1, cosine), float otherwise")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
     return parser
 
@@ -30,6 +35,7 @@ def body(argv) -> int:
     from qir.errors import QirError
     from qir.evaluate import embeddings, perplexity
     from qir.frontend import load_model
+    from qir.interpreter import Interpreter
     from qir.text import load_text, sentences
 
     args = build_parser().parse_args(argv)
@@ -39,14 +45,22 @@ def body(argv) -> int:
     with console.status("loading the model"):
         loaded = load_model(args.model, seq_len=args.context)
     name = args.model or DEFAULT_MODEL
+    mode = args.mode if args.mode != "auto" else ("fake-quant" if loaded.module.is_quantized() else "float")
+    model_run = Interpreter(loaded.module, mode=mode)
+    float_run = Interpreter(loaded.module) if mode != "float" else None
     if loaded.kind == "causal-lm":
-        result = {"model": name, "text": args.text, **perplexity(loaded, text, args.tokens, args.context, console)}
+        reference = (lambda w: float_run.run(w)[0]) if float_run else None
+        result = {"model": name, "text": args.text, "mode": mode,
+                  **perplexity(loaded, text, args.tokens, args.context, console,
+                               run=lambda w: model_run.run(w)[0], reference=reference)}
         if args.json:
             print(json.dumps(result, indent=2))
             return 0
-        table = Table(title=f"qir-eval: {name} (float interpreter)", title_justify="left", show_header=False)
-        for key in ("text", "tokens", "context", "windows", "bos_per_window", "nll", "perplexity"):
-            table.add_row(key, f"{result[key]:.4f}" if isinstance(result[key], float) else str(result[key]))
+        table = Table(title=f"qir-eval: {name} ({mode} interpreter)", title_justify="left", show_header=False)
+        for key in ("text", "tokens", "context", "windows", "bos_per_window", "nll", "perplexity",
+                    "float_perplexity", "kl_to_float", "top1_agreement"):
+            if key in result:
+                table.add_row(key, f"{result[key]:.4f}" if isinstance(result[key], float) else str(result[key]))
         out.print(table)
         return 0
     if loaded.kind == "encoder":
@@ -54,11 +68,19 @@ def body(argv) -> int:
             chosen = sentences(args.sentences)
         else:
             chosen = [line.strip() for line in text.splitlines() if line.strip()][:args.sentences]
-        vectors = embeddings(loaded, chosen, console)
+        vectors = embeddings(loaded, chosen, console, run=lambda i, m: model_run.run(i, m)[1])
+        cosine = {}
+        if float_run is not None:
+            reference = embeddings(loaded, chosen, console, run=lambda i, m: float_run.run(i, m)[1])
+            cos = (vectors * reference).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
+            cosine = {"cosine_to_float_mean": float(cos.mean()), "cosine_to_float_min": float(cos.min())}
         if args.json:
-            print(json.dumps({"model": name, "text": args.text, "context": loaded.seq_len, "sentences": chosen,
-                              "embeddings": vectors.round(7).tolist()}))
+            print(json.dumps({"model": name, "text": args.text, "mode": mode, "context": loaded.seq_len, **cosine,
+                              "sentences": chosen, "embeddings": vectors.round(7).tolist()}))
             return 0
+        if cosine:
+            out.print(f"cosine to float embeddings: mean {cosine['cosine_to_float_mean']:.6f}, "
+                      f"min {cosine['cosine_to_float_min']:.6f}")
         table = Table(title=f"qir-eval: {name} sentence embeddings ({vectors.shape[1]} dims)", title_justify="left")
         table.add_column("sentence")
         table.add_column("norm", justify="right")

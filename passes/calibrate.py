@@ -1,0 +1,73 @@
+"""calibrate: run the float model over calibration inputs and record each value's range
+(and, for the percentile and MSE observers, a histogram over that range)."""
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+from qir import Interpreter, Module, Pass, PassContext, PassResult, QirError
+from qir.evaluate import progress_bar
+from qir.stats import ValueStats
+
+INPUTS_KEY = "calibration_inputs"  # ctx.data entry: a list of input tuples for the main function
+STATS_KEY = "calibration"
+HISTOGRAM_SAMPLE = 1 << 18  # elements per value and sample that enter its histogram  # ctx.data entry written here: {value name: ValueStats}
+
+
+@dataclass(frozen=True)
+class Calibrate(Pass):
+    name = "calibrate"
+    summary = "record per-value ranges (and histograms) of the float model on calibration data"
+    samples: int = 16
+    histogram: bool = True
+    bins: int = 2048
+
+    def run(self, module: Module, ctx: PassContext) -> PassResult:
+        inputs = ctx.data.get(INPUTS_KEY)
+        if not inputs:
+            raise QirError("calibrate needs calibration inputs: qir-compile provides them from the model's "
+                           f"tokenizer; from Python, set ctx.data['{INPUTS_KEY}'] to a list of input tuples")
+        inputs = inputs[:self.samples]
+        interpreter = Interpreter(module)
+        ranges = self._ranges(interpreter, inputs)
+        stats = {name: ValueStats(lo, hi) for name, (lo, hi) in ranges.items()}
+        if self.histogram:
+            for name, hist in self._histograms(interpreter, inputs, ranges).items():
+                stats[name].hist = hist
+        ctx.data[STATS_KEY] = stats
+        return PassResult(modified=False)
+
+    def _ranges(self, interpreter, inputs) -> dict[str, tuple[float, float]]:
+        ranges: dict[str, tuple[float, float]] = {}
+        with progress_bar() as bar:
+            task = bar.add_task("calibrate: ranges", total=len(inputs), status="")
+            for sample in inputs:
+                _, observed = interpreter.run_observed(
+                    *sample, key="minmax", observe=lambda name, x: jnp.stack([x.min(), x.max()]).astype(jnp.float32))
+                for name, pair in observed.items():
+                    lo, hi = (float(v) for v in np.asarray(pair))
+                    old = ranges.get(name, (lo, hi))
+                    ranges[name] = (min(old[0], lo), max(old[1], hi))
+                bar.update(task, advance=1)
+        return ranges
+
+    def _histograms(self, interpreter, inputs, ranges) -> dict[str, np.ndarray]:
+        bins = self.bins
+
+        def observe(name, x):  # the bounds are fixed Python numbers for this interpreter
+            lo, hi = ranges[name]
+            width = max(hi - lo, 1e-12) / bins
+            flat = x.astype(jnp.float32).reshape(-1)
+            flat = flat[::max(1, flat.size // HISTOGRAM_SAMPLE)]  # an even subsample keeps big tensors cheap
+            index = jnp.clip(jnp.floor((flat - lo) / width), 0, bins - 1)
+            return jnp.bincount(index.astype(jnp.int32), length=bins)
+
+        hists: dict[str, np.ndarray] = {}
+        with progress_bar() as bar:
+            task = bar.add_task("calibrate: histograms", total=len(inputs), status="")
+            for sample in inputs:
+                _, observed = interpreter.run_observed(*sample, key=f"histogram-{bins}", observe=observe)
+                for name, hist in observed.items():
+                    hists[name] = hists.get(name, 0) + np.asarray(hist, np.int64)
+                bar.update(task, advance=1)
+        return hists

@@ -1,0 +1,134 @@
+"""quantize: attach a QuantSpec to every tensor as a recipe says — weights per-channel (or
+per-block) symmetric, biases int32, activations static per-tensor from calibration statistics."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from qir import Module, Pass, PassContext, PassResult, QirError, QuantSpec
+from qir.quant_params import affine_params, block_scales, symmetric_scales
+from qir.quant_recipe import load_recipe
+from qir.stats import observed_range
+
+from passes.calibrate import STATS_KEY
+
+# op name -> operand index holding a weight (quantized per output channel, axis 0)
+WEIGHT_OPERANDS = {"q.linear": 1, "q.conv2d": 1, "q.gather": 0}
+BIAS_OPERANDS = {"q.linear": 2, "q.conv2d": 2}
+
+
+@dataclass(frozen=True)
+class Quantize(Pass):
+    name = "quantize"
+    summary = "attach static quant specs to weights, biases, constants and activations (needs calibrate)"
+    recipe: str = "w8a8"
+    observer: str = ""  # overrides the recipe's activation observer when set
+
+    def run(self, module: Module, ctx: PassContext) -> PassResult:
+        recipe = load_recipe(self.recipe)
+        if self.observer:
+            recipe.activations["observer"] = self.observer
+        stats = ctx.data.get(STATS_KEY)
+        if stats is None:
+            raise QirError("quantize needs activation statistics: put 'calibrate' before it in the pipeline")
+        roles = constant_roles(module)
+        for name, role in roles.items():
+            if role == "weight":
+                self._quantize_weight(module, recipe, name)
+            elif role == "constant":
+                self._quantize_constant(module, recipe, name)
+        for func in module.functions.values():
+            for op in func.ops:
+                for result in op.results:
+                    if result.type.is_float:
+                        consumers = tuple(user.name for user, _ in result.uses)
+                        settings = recipe.settings_for("activations", result.name, op.name, consumers)
+                        if settings is not None:
+                            result.quant = activation_spec(stats, result.name, settings)
+        for func in module.functions.values():
+            for op in func.ops:
+                if op.name in BIAS_OPERANDS and len(op.operands) > BIAS_OPERANDS[op.name]:
+                    self._quantize_bias(module, op)
+        return PassResult(modified=True)
+
+    def _quantize_weight(self, module, recipe, name):
+        settings = recipe.settings_for("weights", name)
+        if settings is None:
+            return
+        data = module.weights.get(name)
+        bits, block = settings["bits"], settings.get("block")
+        if block:
+            if data.shape[-1] % block:
+                raise QirError(f"@{name}: input dimension {data.shape[-1]} is not a multiple of block {block}")
+            scales = block_scales(data, data.ndim - 1, block, bits)
+            spec_args = {"axis": data.ndim - 1, "block_size": block}
+        else:
+            scales = symmetric_scales(data, 0, bits)
+            spec_args = {"axis": 0}
+        set_constant_quant(module, name, QuantSpec(bits, True, scale=add_param(module, name + ".scale", scales),
+                                                   zero_point=(0,), **spec_args))
+
+    def _quantize_constant(self, module, recipe, name):
+        settings = recipe.settings_for("constants", name)
+        if settings is None:
+            return
+        data = module.weights.get(name).astype(np.float32)
+        scale, _, _, _ = affine_params(-np.abs(data).max(), np.abs(data).max(), settings["bits"], symmetric=True)
+        set_constant_quant(module, name, QuantSpec(settings["bits"], True, scale=(scale,), zero_point=(0,)))
+
+    def _quantize_bias(self, module, op):
+        """int32 bias with scale = input scale x weight scale (per output channel)."""
+        x, w, b = op.operands[:3]
+        if not b.is_constant or x.quant is None or w.quant is None or w.quant.block_size is not None:
+            return
+        if module.constants[b.name].quant is not None:
+            return
+        w_scales = module.weights.get(w.quant.scale) if isinstance(w.quant.scale, str) else np.asarray(w.quant.scale)
+        scales = (np.float32(x.quant.scale[0]) * w_scales.astype(np.float32)).astype(np.float32)
+        set_constant_quant(module, b.name, QuantSpec(32, True, scale=add_param(module, b.name + ".scale", scales),
+                                                     zero_point=(0,), axis=0))
+
+
+def constant_roles(module: Module) -> dict[str, str]:
+    """Each float constant's role: "weight" (matmul/conv/embedding operand), "bias" (quantized with
+    its op), or "constant" (norm weights, rope tables, scalars). A weight role wins."""
+    roles: dict[str, str] = {}
+    for func in module.functions.values():
+        for op in func.ops:
+            for index, value in enumerate(op.operands):
+                if not value.is_constant or not value.type.is_float or module.constants[value.name].quant:
+                    continue
+                if WEIGHT_OPERANDS.get(op.name) == index or op.name == "q.matmul":
+                    role = "weight"
+                elif BIAS_OPERANDS.get(op.name) == index:
+                    role = "bias"
+                else:
+                    role = "constant"
+                if roles.get(value.name) != "weight":
+                    roles[value.name] = role
+    return roles
+
+
+def activation_spec(stats, name: str, settings: dict) -> QuantSpec:
+    if name not in stats:
+        raise QirError(f"no calibration statistics for %{name}; run calibrate on this module first")
+    bits = settings["bits"]
+    symmetric = bits == 16  # int16 activations need zero point 0
+    lo, hi = observed_range(stats[name], settings.get("observer", "minmax"), bits, symmetric,
+                            settings.get("percentile", 99.99))
+    scale, zero, _, _ = affine_params(lo, hi, bits, symmetric)
+    return QuantSpec(bits, True, scale=(scale,), zero_point=(zero,))
+
+
+def add_param(module: Module, name: str, data: np.ndarray) -> str:
+    if name in module.constants:
+        raise QirError(f"cannot add quantization parameter @{name}: a constant of that name exists "
+                       "(was the module quantized already?)")
+    module.add_constant(name, np.ascontiguousarray(data, np.float32))
+    return name
+
+
+def set_constant_quant(module: Module, name: str, spec: QuantSpec) -> None:
+    module.constants[name].quant = spec
+    for func in module.functions.values():
+        if name in func._constants:
+            func._constants[name].quant = spec

@@ -1,0 +1,36 @@
+"""Calibration inputs drawn from the built-in text, disjoint from what evaluation uses.
+
+Evaluation reads the first tokens (or sentences) of the pydoc text; calibration reads from the
+second half of its tokens (or after the first 1,000 sentences), so the two never overlap."""
+from __future__ import annotations
+
+import numpy as np
+
+from qir.errors import QirError
+from qir.frontend import LoadedModel
+from qir.text import pydoc_text, sentences
+
+SENTENCE_SKIP = 1000
+
+
+def calibration_inputs(loaded: LoadedModel, samples: int, text: str | None = None) -> list[tuple]:
+    """`samples` input tuples for the model's main function."""
+    if loaded.tokenizer is None:
+        raise QirError("calibration needs a tokenizer to turn text into inputs; this model has none")
+    if loaded.kind == "encoder":
+        from qir.evaluate import encode_static
+        return [encode_static(loaded, s) for s in sentences(samples, skip=SENTENCE_SKIP)]
+    if loaded.kind != "causal-lm":
+        raise QirError(f"no calibration data is defined for a model of kind '{loaded.kind}'")
+    ids = loaded.tokenizer.encode(text or pydoc_text(), add_special_tokens=False).ids
+    held_out = ids[len(ids) // 2:]
+    L = loaded.seq_len
+    bos = bool(loaded.info.get("add_bos")) and loaded.info.get("bos_token_id") is not None
+    per = L - 1 if bos else L
+    if len(held_out) < samples * per:
+        raise QirError(f"the calibration text has {len(held_out)} tokens, fewer than {samples} windows of {L}")
+    windows = []
+    for i in range(samples):
+        chunk = held_out[i * per:(i + 1) * per]
+        windows.append((np.asarray(([loaded.info["bos_token_id"]] if bos else []) + chunk, np.int32)[None],))
+    return windows

@@ -1,0 +1,41 @@
+"""Fake quantization: x -> s * (clip(round(x / s) + z, qmin, qmax) - z), differentiable with
+straight-through rounding, for every scheme a QuantSpec can describe."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from qir.quant import QuantSpec
+
+
+def round_ste(x):
+    """round(x) forward, identity gradient backward."""
+    return x + jax.lax.stop_gradient(jnp.round(x) - x)
+
+
+def broadcast_params(params, spec: QuantSpec, shape: tuple[int, ...]):
+    """Shape per-channel / per-block parameters so they broadcast against x (blocked x is
+    reshaped by the caller to [..., n_blocks, block, ...])."""
+    params = jnp.asarray(params, jnp.float32).reshape(-1)
+    if spec.axis is None:
+        return params.reshape(())
+    if spec.block_size is None:
+        target = [1] * len(shape)
+        target[spec.axis] = shape[spec.axis]
+        return params.reshape(target)
+    blocked = list(shape[:spec.axis]) + [shape[spec.axis] // spec.block_size, 1] + list(shape[spec.axis + 1:])
+    return params.reshape(blocked)
+
+
+def fake_quant(x, spec: QuantSpec, scale, zero_point):
+    """Quantize-dequantize x with `spec`; `scale` and `zero_point` are the resolved parameters."""
+    shape = x.shape
+    if spec.block_size is not None:
+        a = spec.axis
+        x = x.reshape(shape[:a] + (shape[a] // spec.block_size, spec.block_size) + shape[a + 1:])
+    s = broadcast_params(scale, spec, shape)
+    z = broadcast_params(zero_point, spec, shape) if jnp.size(jnp.asarray(zero_point)) > 1 else \
+        jnp.asarray(zero_point, jnp.float32).reshape(())
+    x32 = x.astype(jnp.float32)
+    q = jnp.clip(round_ste(x32 / s) + z, spec.qmin, spec.qmax)
+    return ((q - z) * s).astype(x.dtype).reshape(shape)

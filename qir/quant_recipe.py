@@ -1,0 +1,139 @@
+"""Quantization recipes: default bit widths for weights and activations, and overrides selected
+by regex over value/constant names or by the op that produces or consumes a value.
+
+A recipe is JSON (see docs/quantization.md):
+{
+  "weights":     {"bits": 8},                       # per-channel symmetric; "block": 32 for per-block
+  "activations": {"bits": 8, "observer": "minmax"}, # per-tensor; 16-bit is symmetric (zero point 0)
+  "constants":   {"bits": 16},                      # other float constants (norm weights, rope tables)
+  "overrides": [
+    {"consumer": "q.rms_norm", "activations": {"bits": 16}},   # values feeding a norm
+    {"producer": "q.softmax",  "activations": {"bits": 16}},
+    {"match": "blk\\\\.0\\\\..*",  "weights": {"bits": 8}},        # regex over names
+    {"match": "logits", "skip": true}                           # leave float
+  ]
+}"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qir.errors import QirError
+from qir.stats import OBSERVERS
+
+SUPPORTED_BITS = {"weights": (4, 8), "activations": (8, 16), "constants": (8, 16)}
+SECTION_KEYS = {"weights": {"bits", "block"}, "activations": {"bits", "observer", "percentile"},
+                "constants": {"bits"}}
+OVERRIDE_KEYS = {"match", "producer", "consumer", "weights", "activations", "constants", "skip"}
+
+# Tensors that must stay wide under 8-bit activations: the residual stream and norm inputs
+# (massive activations), and softmax input/output.
+WIDE_TENSORS = [
+    {"consumer": "q.rms_norm", "activations": {"bits": 16}},
+    {"consumer": "q.layer_norm", "activations": {"bits": 16}},
+    {"consumer": "q.softmax", "activations": {"bits": 16}},
+    {"producer": "q.softmax", "activations": {"bits": 16}},
+]
+
+BUILTIN = {
+    "w8a8": {"weights": {"bits": 8}, "activations": {"bits": 8}, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
+    "a16w8": {"weights": {"bits": 8}, "activations": {"bits": 16}, "constants": {"bits": 16}},
+    "w4a8": {"weights": {"bits": 4}, "activations": {"bits": 8}, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
+    "w4a16": {"weights": {"bits": 4}, "activations": {"bits": 16}, "constants": {"bits": 16}},
+}
+
+
+@dataclass
+class Override:
+    match: re.Pattern | None
+    producer: str | None
+    consumer: str | None
+    settings: dict
+    skip: bool
+
+
+@dataclass
+class QuantRecipe:
+    name: str
+    weights: dict
+    activations: dict
+    constants: dict
+    overrides: list[Override] = field(default_factory=list)
+
+    def settings_for(self, section: str, name: str, producer: str | None = None,
+                     consumers: tuple[str, ...] = ()) -> dict | None:
+        """The effective settings of one tensor; None when an override leaves it float.
+        Later overrides win over earlier ones."""
+        settings = dict(getattr(self, section))
+        for o in self.overrides:
+            if o.match is not None and not o.match.fullmatch(name):
+                continue
+            if o.producer is not None and o.producer != producer:
+                continue
+            if o.consumer is not None and o.consumer not in consumers:
+                continue
+            if o.skip:
+                return None
+            settings.update(o.settings.get(section, {}))
+        return settings
+
+
+def _check_section(where: str, section: str, values) -> dict:
+    if not isinstance(values, dict):
+        raise QirError(f"{where}: '{section}' must be an object like {{\"bits\": 8}}")
+    unknown = set(values) - SECTION_KEYS[section]
+    if unknown:
+        raise QirError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} in '{section}' "
+                       f"(valid: {', '.join(sorted(SECTION_KEYS[section]))})")
+    bits = values.get("bits")
+    if bits is not None and bits not in SUPPORTED_BITS[section]:
+        raise QirError(f"{where}: {bits}-bit {section} are not supported "
+                       f"(supported: {', '.join(map(str, SUPPORTED_BITS[section]))})")
+    if "observer" in values and values["observer"] not in OBSERVERS:
+        raise QirError(f"{where}: unknown observer '{values['observer']}' (observers: {', '.join(OBSERVERS)})")
+    if "block" in values and (not isinstance(values["block"], int) or values["block"] < 2):
+        raise QirError(f"{where}: weight block size must be an integer ≥ 2, got {values['block']!r}")
+    return dict(values)
+
+
+def recipe_from_dict(name: str, data: dict) -> QuantRecipe:
+    if not isinstance(data, dict):
+        raise QirError(f"recipe {name}: must be a JSON object")
+    unknown = set(data) - {"weights", "activations", "constants", "overrides"}
+    if unknown:
+        raise QirError(f"recipe {name}: unknown key(s) {', '.join(sorted(unknown))} "
+                       "(valid: weights, activations, constants, overrides)")
+    defaults = {"weights": {"bits": 8}, "activations": {"bits": 8, "observer": "minmax"}, "constants": {"bits": 16}}
+    sections = {}
+    for section, default in defaults.items():
+        sections[section] = {**default, **_check_section(f"recipe {name}", section, data.get(section, {}))}
+    overrides = []
+    for i, item in enumerate(data.get("overrides", [])):
+        where = f"recipe {name}, override {i}"
+        if not isinstance(item, dict) or set(item) - OVERRIDE_KEYS:
+            raise QirError(f"{where}: must be an object with keys among {', '.join(sorted(OVERRIDE_KEYS))}")
+        try:
+            pattern = re.compile(item["match"]) if "match" in item else None
+        except re.error as exc:
+            raise QirError(f"{where}: bad regex {item['match']!r}: {exc}") from None
+        settings = {s: _check_section(where, s, item[s]) for s in SECTION_KEYS if s in item}
+        overrides.append(Override(pattern, item.get("producer"), item.get("consumer"), settings,
+                                  bool(item.get("skip", False))))
+    return QuantRecipe(name, sections["weights"], sections["activations"], sections["constants"], overrides)
+
+
+def load_recipe(spec: str) -> QuantRecipe:
+    """A built-in recipe name or the path of a JSON recipe file."""
+    if spec in BUILTIN:
+        return recipe_from_dict(spec, BUILTIN[spec])
+    path = Path(spec)
+    if not path.exists():
+        raise QirError(f"unknown quantization recipe '{spec}': not a built-in ({', '.join(BUILTIN)}) "
+                       "and no such file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise QirError(f"{path}: not valid JSON: {exc}") from None
+    return recipe_from_dict(path.name, data)

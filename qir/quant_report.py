@@ -1,0 +1,68 @@
+"""Per-tensor quantization report: SQNR of every quantized value of the fake-quantized model
+against the same value of the float model, on calibration inputs; worst first."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from qir.interpreter import Interpreter
+from qir.ir import Module
+
+
+def sqnr_by_value(module: Module, inputs: list[tuple]) -> dict[str, float]:
+    """SQNR in dB = 10 log10(sum x_float^2 / sum (x_quant - x_float)^2), summed over the inputs."""
+    quantized = {r.name for f in module.functions.values() for op in f.ops for r in op.results if r.quant}
+    float_run, quant_run = Interpreter(module), Interpreter(module, mode="fake-quant")
+    keep = lambda name, x: x  # noqa: E731  (every value leaves the compiled function)
+    signal: dict[str, float] = {}
+    noise: dict[str, float] = {}
+    for sample in inputs:
+        _, reference = float_run.run_observed(*sample, key="all", observe=keep)
+        _, observed = quant_run.run_observed(*sample, key="all", observe=keep)
+        for name in quantized:
+            ref = np.asarray(reference[name], np.float64)
+            signal[name] = signal.get(name, 0.0) + float((ref ** 2).sum())
+            noise[name] = noise.get(name, 0.0) + float(((np.asarray(observed[name], np.float64) - ref) ** 2).sum())
+    order = [r.name for f in module.functions.values() for op in f.ops for r in op.results if r.name in quantized]
+    return {n: float(10 * np.log10(max(signal[n], 1e-30) / max(noise[n], 1e-30))) for n in order}
+
+
+def bits_of(module: Module) -> dict[str, str]:
+    return {r.name: r.quant.storage for f in module.functions.values() for op in f.ops for r in op.results if r.quant}
+
+
+def report_table(sqnr: dict[str, float], bits: dict[str, str], worst: int = 15) -> Table:
+    table = Table(title=f"quantization report: the {min(worst, len(sqnr))} worst of {len(sqnr)} quantized values",
+                  title_justify="left")
+    table.add_column("value")
+    table.add_column("bits", justify="right")
+    table.add_column("SQNR dB", justify="right")
+    for name, db in sorted(sqnr.items(), key=lambda kv: kv[1])[:worst]:
+        table.add_row(name, bits.get(name, ""), f"{db:.1f}")
+    return table
+
+
+def write_report(sqnr: dict[str, float], bits: dict[str, str], folder: Path) -> list[str]:
+    """report.json (every value, graph order) and report.png (SQNR along the graph)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    (folder / "report.json").write_text(json.dumps(
+        [{"value": n, "bits": bits.get(n), "sqnr_db": round(db, 3)} for n, db in sqnr.items()], indent=1))
+    fig, ax = plt.subplots(figsize=(12, 4))
+    names = list(sqnr)
+    colors = ["tab:orange" if bits.get(n, "").endswith("16") else "tab:blue" for n in names]
+    ax.scatter(range(len(names)), [sqnr[n] for n in names], s=6, c=colors)
+    for name, db in sorted(sqnr.items(), key=lambda kv: kv[1])[:5]:
+        ax.annotate(name, (names.index(name), db), fontsize=7)
+    ax.set_xlabel("value, in graph order (blue: 8-bit, orange: 16-bit)")
+    ax.set_ylabel("SQNR vs float (dB)")
+    ax.set_title("SQNR of each quantized value against the float model (calibration data)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(folder / "report.png", dpi=120)
+    plt.close(fig)
+    return ["report.json", "report.png"]
