@@ -37,13 +37,13 @@ class Quantize(Pass):
             elif role == "constant":
                 self._quantize_constant(module, recipe, name)
         for func in module.functions.values():
-            for op in func.ops:
-                for result in op.results:
-                    if result.type.is_float:
-                        consumers = tuple(user.name for user, _ in result.uses)
-                        settings = recipe.settings_for("activations", result.name, op.name, consumers)
-                        if settings is not None:
-                            result.quant = activation_spec(stats, result.name, settings)
+            producers = [(arg, None) for arg in func.args] + [(r, op.name) for op in func.ops for r in op.results]
+            for value, producer in producers:
+                if value.type.is_float:
+                    consumers = tuple(user.name for user, _ in value.uses)
+                    settings = recipe.settings_for("activations", value.name, producer, consumers)
+                    if settings is not None:
+                        value.quant = activation_spec(stats, value.name, settings)
         for func in module.functions.values():
             for op in func.ops:
                 if op.name in BIAS_OPERANDS and len(op.operands) > BIAS_OPERANDS[op.name]:

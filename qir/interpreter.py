@@ -66,8 +66,9 @@ class Interpreter:
             outputs = tuple(env[id(v)] for v in func.outputs)
             if observe is None:
                 return outputs
-            observed = {r.name: observe(r.name, env[id(r)]) for op in func.ops for r in op.results
-                        if jnp.issubdtype(env[id(r)].dtype, jnp.floating)}
+            values = func.args + [r for op in func.ops for r in op.results]
+            observed = {v.name: observe(v.name, env[id(v)]) for v in values
+                        if jnp.issubdtype(env[id(v)].dtype, jnp.floating)}
             return outputs, observed
         return jax.jit(run)
 
@@ -84,7 +85,7 @@ class Interpreter:
         return func, arrays
 
     def run_observed(self, *inputs, observe, key: str = "observe", function: str | None = None):
-        """Run and also return {value name: observe(name, array)} for every float op result,
+        """Run and also return {value name: observe(name, array)} for every float argument and op result,
         computed inside the compiled function (so only the small summaries leave it). `key` names
         the observer for caching: one compilation per (function, key); an observer that closes over
         Python data must use a new key whenever that data changes."""

@@ -24,6 +24,7 @@ def build_parser() -> ArgumentParser:
     group.add_argument("--recipe", default=None,
                        help=f"a named pipeline: {', '.join(RECIPES)} (default: {DEFAULT_RECIPE})")
     parser.add_argument("-o", "--outdir", type=Path, default=Path("qir-out"), help="output folder (default: qir-out)")
+    parser.add_argument("--target", help="a backend to emit for (e.g. tflite); the module must be quantized")
     parser.add_argument("--calibration-samples", type=int, default=16,
                         help="calibration windows/sentences made available to calibrate (default 16)")
     parser.add_argument("--report-samples", type=int, default=2,
@@ -42,6 +43,7 @@ def body(argv) -> int:
     from qir.recipes import DEFAULT_RECIPE, recipe_pipeline
     from qir.summary import human_bytes, module_table
     from qir.verifier import verify
+    from qir.backend import get_backend
     from qir.calibration_data import calibration_inputs
     from qir.passes import PassContext
     from qir.quant_report import bits_of, report_table, sqnr_by_value, write_report
@@ -71,6 +73,12 @@ def body(argv) -> int:
             inputs = ctx.data.get(INPUTS_KEY) or calibration_inputs(loaded, args.report_samples)
             report = (sqnr_by_value(module, inputs[:args.report_samples]), bits_of(module))
 
+    backend_module = None
+    if args.target:
+        backend = get_backend(args.target)
+        with console.status(f"legalizing for {args.target}"):
+            backend_module = backend.legalize(module)  # errors surface here, before any file is written
+
     with staged_directory(args.outdir) as stage, console.status(f"writing {args.outdir}"):
         module.attrs["kind"] = loaded.kind
         module.attrs.update({k: loaded.info[k] for k in KEPT_INFO if isinstance(loaded.info.get(k), (int, bool))})
@@ -84,6 +92,9 @@ def body(argv) -> int:
         written += ["tokenizer.json"] if loaded.tokenizer is not None else []
         if report is not None:
             written += write_report(*report, stage)
+        if backend_module is not None:
+            (stage / f"model.{args.target}.qir").write_text(print_module(backend_module))
+            written += [f"model.{args.target}.qir"] + [p.name for p in backend.emit(backend_module, stage)]
     total = time.perf_counter() - start
 
     table = module_table(module, f"qir-compile: {args.model or DEFAULT_MODEL} -> {args.outdir}")

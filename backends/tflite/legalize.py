@@ -1,0 +1,247 @@
+"""Legalize a quantized `q.` module into the `tfl` dialect: integer weights and biases, each op
+in the integer types and quant specs the runtime computes with, conversions where widths differ.
+
+The result is a new module: float inputs are quantized on entry, outputs dequantized on exit, so
+the signature an application calls takes and returns float32 (token ids stay int32)."""
+from __future__ import annotations
+
+import numpy as np
+
+from backends.tflite.dialect import append_tfl
+from qir.builder import Builder
+from qir.errors import QirError
+from qir.ir import Module, Op, Value
+from qir.quant import QuantSpec
+
+SOFTMAX_OUTPUT = {"i8": QuantSpec(8, True, scale=(1 / 256,), zero_point=(-128,))}
+
+
+def retype(spec: QuantSpec, dtype: str) -> QuantSpec:
+    """The spec covering the same real range as `spec` in another integer width."""
+    if spec.storage == dtype:
+        return spec
+    bits = int(dtype[1:])
+    lo = spec.scale[0] * (spec.qmin - spec.zero_point[0])
+    hi = spec.scale[0] * (spec.qmax - spec.zero_point[0])
+    if bits == 16:  # int16 activations are symmetric
+        return QuantSpec(16, True, scale=(max(abs(lo), abs(hi)) / 32767,), zero_point=(0,))
+    scale = (hi - lo) / 255
+    return QuantSpec(bits, True, scale=(scale,), zero_point=(int(np.clip(round(-128 - lo / scale), -128, 127)),))
+
+
+def quantize_array(data: np.ndarray, spec: QuantSpec, scales=None) -> np.ndarray:
+    """Float data -> integers of `spec`'s storage (per-tensor, or per-channel along axis 0)."""
+    s = np.asarray(scales if scales is not None else spec.scale, np.float64)
+    if s.size > 1:
+        s = s.reshape((-1,) + (1,) * (data.ndim - 1))
+    q = np.round(np.asarray(data, np.float64) / s) + spec.zero_point[0]
+    return np.clip(q, spec.qmin, spec.qmax).astype(f"int{max(8, spec.bits)}")
+
+
+def symmetric_spec(data: np.ndarray, dtype: str) -> QuantSpec:
+    bits = int(dtype[1:])
+    amax = float(np.abs(data).max()) or 1.0
+    return QuantSpec(bits, True, scale=(amax / ((1 << (bits - 1)) - 1),), zero_point=(0,))
+
+
+class Legalizer:
+    def __init__(self, module: Module):
+        self.src = module
+        self.dst = Module(module.name, {k: v for k, v in module.attrs.items() if k != "weights"})
+        self.env: dict[int, Value] = {}
+        self.fused: set[int] = set()  # q ops folded into their producer (relu after linear/add)
+
+    # -- values ----------------------------------------------------------------------------------
+    def get(self, value: Value) -> Value:
+        if value.is_constant:
+            raise QirError(f"tflite: constant @{value.name} is used where the runtime needs an activation")
+        return self.env[id(value)]
+
+    def convert(self, value: Value, spec: QuantSpec, name: str) -> Value:
+        """`value` requantized to `spec` (nothing when it already has it)."""
+        if value.quant == spec:
+            return value
+        return append_tfl(self.b, "tfl.quantize", value, quant=spec, name=name, dtype=spec.storage)
+
+    def constant(self, name: str, data: np.ndarray, spec: QuantSpec, scales=None) -> Value:
+        q = quantize_array(data, spec, scales)
+        stored = spec if scales is None else QuantSpec(spec.bits, True, scale=tuple(float(s) for s in scales),
+                                                       zero_point=(0,), axis=0)
+        self.dst.add_constant(self.b.func.unique_name(name), q, quant=stored)
+        return self.b.func.constant(list(self.dst.constants)[-1])
+
+    def operand_in(self, value: Value, dtype: str, hint: str) -> Value:
+        """An activation operand in integer type `dtype`; constants are quantized symmetrically."""
+        if value.is_constant:
+            data = self.src.weights.get(value.name).astype(np.float32)
+            return self.constant(value.name, data, symmetric_spec(data, dtype))
+        v = self.get(value)
+        return self.convert(v, retype(v.quant, dtype), hint + ".cvt")
+
+    def emit(self, op_name: str, operands, result: Value, dtype: str, **options) -> Value:
+        """Run the tfl op in `dtype` and bring its result to the q result's spec."""
+        spec = need_spec(result)
+        inner = retype(spec, dtype)
+        y = append_tfl(self.b, op_name, *operands, quant=inner, name=result.name, **options)
+        return self.convert(y, spec, result.name + ".cvt")
+
+    # -- the module ------------------------------------------------------------------------------
+    def run(self) -> Module:
+        func = self.src.main
+        self.b = Builder.new_function(self.dst, func.name)
+        for arg in func.args:
+            new = self.b.func.add_arg(arg.name, arg.type)
+            if arg.type.is_float:
+                spec = need_spec(arg)
+                new = append_tfl(self.b, "tfl.quantize", new, quant=spec, name=arg.name + ".q", dtype=spec.storage)
+            self.env[id(arg)] = new
+        for op in func.ops:
+            if id(op) in self.fused:
+                continue
+            rule = RULES.get(op.name)
+            if rule is None:
+                where = f" ({op.location[0]}:{op.location[1]})" if op.location else ""
+                raise QirError(f"tflite: {op.name} (%{op.results[0].name}){where} has no TFLite lowering; "
+                               f"lowered ops: {', '.join(sorted(RULES))}")
+            self.env[id(op.results[0])] = rule(self, op)
+        outputs = []
+        for value in func.outputs:
+            v = self.get(value)
+            outputs.append(append_tfl(self.b, "tfl.dequantize", v, quant=None, name=value.name + ".out")
+                           if v.quant is not None else v)
+        self.b.ret(*outputs)
+        return self.dst
+
+
+def need_spec(value: Value) -> QuantSpec:
+    spec = value.quant
+    if spec is None:
+        raise QirError(f"tflite: %{value.name} has no quant spec; quantize the module first (e.g. --recipe w8a8)")
+    if spec.scheme != "per-tensor" or isinstance(spec.scale, str) or spec.bits not in (8, 16):
+        raise QirError(f"tflite: activation %{value.name} needs a per-tensor int8 or int16 spec, has {spec}")
+    return spec
+
+
+def sole_relu(op: Op) -> Op | None:
+    users = op.results[0].uses
+    if len(users) == 1 and users[0][0].name == "q.relu":
+        return users[0][0]
+    return None
+
+
+# -- rules: one per q op -------------------------------------------------------------------------
+
+def lower_linear(lz: Legalizer, op: Op) -> Value:
+    x, w = op.operands[0], op.operands[1]
+    if not w.is_constant:
+        raise QirError(f"tflite: q.linear %{op.results[0].name} needs a constant weight")
+    wspec = lz.src.constants[w.name].quant
+    if wspec is None or wspec.block_size is not None:
+        raise QirError(f"tflite: weight @{w.name} needs a per-channel spec (TFLite FULLY_CONNECTED has no "
+                       f"per-block weights), has {wspec}")
+    xv = lz.get(x)
+    dtype = xv.quant.storage
+    scales = lz.src.weights.get(wspec.scale) if isinstance(wspec.scale, str) else np.asarray(wspec.scale)
+    scales = np.broadcast_to(np.asarray(scales, np.float32).reshape(-1), (w.type.shape[0],))
+    # values on a 4-bit grid run unchanged in the int8 kernel; only the file is larger
+    weight = lz.constant(w.name, lz.src.weights.get(w.name).astype(np.float32),
+                         QuantSpec(8, True, scale=(1.0,), zero_point=(0,)), scales)
+    if wspec.bits < 8:
+        data = lz.dst.weights.get(weight.name)
+        lz.dst.weights.set(weight.name, np.clip(data, wspec.qmin, wspec.qmax).astype(np.int8))
+    operands = [xv, weight]
+    if len(op.operands) == 3:
+        b = op.operands[2]
+        bias_scales = np.float32(np.float32(xv.quant.scale[0]) * scales.astype(np.float32))
+        bias = np.round(lz.src.weights.get(b.name).astype(np.float64) / bias_scales)
+        bias_dtype = np.int64 if dtype == "i16" else np.int32
+        lz.dst.add_constant(lz.b.func.unique_name(b.name), bias.astype(bias_dtype))
+        operands.append(lz.b.func.constant(list(lz.dst.constants)[-1]))
+    result, activation = op.results[0], "NONE"
+    relu = sole_relu(op)
+    if relu is not None:  # fold the ReLU into the kernel's clamp
+        lz.fused.add(id(relu))
+        result, activation = relu.results[0], "RELU"
+    y = lz.emit("tfl.fully_connected", operands, result, dtype, fused_activation=activation)
+    if relu is not None:
+        lz.env[id(relu.results[0])] = y
+    return y
+
+
+def lower_binary(lz: Legalizer, op: Op) -> Value:
+    dtype = need_spec(op.results[0]).storage
+    a = lz.operand_in(op.operands[0], dtype, op.results[0].name + ".a")
+    b = lz.operand_in(op.operands[1], dtype, op.results[0].name + ".b")
+    tfl = {"q.add": "tfl.add", "q.sub": "tfl.sub", "q.mul": "tfl.mul"}[op.name]
+    result, activation = op.results[0], "NONE"
+    relu = sole_relu(op) if op.name != "q.mul" else None
+    if relu is not None:
+        lz.fused.add(id(relu))
+        result, activation = relu.results[0], "RELU"
+    y = lz.emit(tfl, [a, b], result, dtype, fused_activation=activation)
+    if relu is not None:
+        lz.env[id(relu.results[0])] = y
+    return y
+
+
+def lower_matmul(lz: Legalizer, op: Op) -> Value:
+    dtype = need_spec(op.results[0]).storage
+    a = lz.operand_in(op.operands[0], dtype, op.results[0].name + ".a")
+    b = lz.operand_in(op.operands[1], dtype, op.results[0].name + ".b")
+    return lz.emit("tfl.batch_matmul", [a, b], op.results[0], dtype, adj_y=bool(op.attrs["transpose_b"]))
+
+
+def lower_move(lz: Legalizer, op: Op) -> Value:
+    """Reshape and transpose keep their input's quant params (the runtime requires it)."""
+    x = lz.get(op.operands[0])
+    if op.name == "q.reshape":
+        return append_tfl(lz.b, "tfl.reshape", x, quant=x.quant, name=op.results[0].name, shape=op.attrs["shape"])
+    return append_tfl(lz.b, "tfl.transpose", x, quant=x.quant, name=op.results[0].name, perm=op.attrs["perm"])
+
+
+def lower_gather(lz: Legalizer, op: Op) -> Value:
+    table, indices = op.operands
+    if not table.is_constant:
+        raise QirError(f"tflite: q.gather %{op.results[0].name} needs a constant table")
+    spec = need_spec(op.results[0])  # the table is stored directly in the output's spec
+    data = lz.constant(table.name, lz.src.weights.get(table.name).astype(np.float32), spec)
+    return append_tfl(lz.b, "tfl.gather", data, lz.get(indices), quant=spec, name=op.results[0].name,
+                      axis=op.attrs["axis"])
+
+
+def lower_concat(lz: Legalizer, op: Op) -> Value:
+    spec = need_spec(op.results[0])
+    parts = [lz.convert(lz.operand_in(v, spec.storage, f"{op.results[0].name}.{i}"), spec,
+                        f"{op.results[0].name}.{i}.cvt") for i, v in enumerate(op.operands)]
+    return append_tfl(lz.b, "tfl.concatenation", *parts, quant=spec, name=op.results[0].name, axis=op.attrs["axis"])
+
+
+def lower_softmax(lz: Legalizer, op: Op) -> Value:
+    x = lz.get(op.operands[0])
+    if op.attrs["axis"] not in (-1, x.type.rank - 1):
+        raise QirError(f"tflite: q.softmax %{op.results[0].name} must run over the last axis")
+    dtype = x.type.dtype if x.type.dtype in SOFTMAX_OUTPUT else "i8"
+    x = lz.convert(x, retype(x.quant, dtype), op.results[0].name + ".in")
+    # the runtime fixes the output spec of a quantized softmax
+    y = append_tfl(lz.b, "tfl.softmax", x, quant=SOFTMAX_OUTPUT[dtype], name=op.results[0].name)
+    return lz.convert(y, need_spec(op.results[0]), op.results[0].name + ".cvt")
+
+
+RULES = {
+    "q.linear": lower_linear,
+    "q.add": lower_binary, "q.sub": lower_binary, "q.mul": lower_binary,
+    "q.matmul": lower_matmul,
+    "q.reshape": lower_move, "q.transpose": lower_move,
+    "q.gather": lower_gather,
+    "q.concat": lower_concat,
+    "q.softmax": lower_softmax,
+}
+
+
+def legalize_tflite(module: Module) -> Module:
+    """The `tfl` form of a quantized module's main function (raises QirError naming the first op
+    the target cannot run, before anything is written)."""
+    from qir.verifier import verify
+    legal = Legalizer(module).run()
+    verify(legal)
+    return legal
