@@ -93,7 +93,12 @@ def _check_section(where: str, section: str, values) -> dict:
                        f"(supported: {', '.join(map(str, SUPPORTED_BITS[section]))})")
     if "observer" in values and values["observer"] not in OBSERVERS:
         raise QirError(f"{where}: unknown observer '{values['observer']}' (observers: {', '.join(OBSERVERS)})")
-    if "block" in values and (not isinstance(values["block"], int) or values["block"] < 2):
+    if "percentile" in values and (isinstance(values["percentile"], bool)
+                                   or not isinstance(values["percentile"], (int, float))
+                                   or not 0 < values["percentile"] <= 100):
+        raise QirError(f"{where}: percentile must be a number in (0, 100], got {values['percentile']!r}")
+    if "block" in values and (isinstance(values["block"], bool) or not isinstance(values["block"], int)
+                              or values["block"] < 2):
         raise QirError(f"{where}: weight block size must be an integer ≥ 2, got {values['block']!r}")
     return dict(values)
 
@@ -110,10 +115,21 @@ def recipe_from_dict(name: str, data: dict) -> QuantRecipe:
     for section, default in defaults.items():
         sections[section] = {**default, **_check_section(f"recipe {name}", section, data.get(section, {}))}
     overrides = []
+    if not isinstance(data.get("overrides", []), list):
+        raise QirError(f"recipe {name}: 'overrides' must be a list of objects")
     for i, item in enumerate(data.get("overrides", [])):
         where = f"recipe {name}, override {i}"
-        if not isinstance(item, dict) or set(item) - OVERRIDE_KEYS:
+        if not isinstance(item, dict):
             raise QirError(f"{where}: must be an object with keys among {', '.join(sorted(OVERRIDE_KEYS))}")
+        if set(item) - OVERRIDE_KEYS:
+            raise QirError(f"{where}: unknown key(s) {', '.join(sorted(set(item) - OVERRIDE_KEYS))} "
+                           f"(valid: {', '.join(sorted(OVERRIDE_KEYS))})")
+        for key in ("match", "producer", "consumer"):
+            if key in item and not isinstance(item[key], str):
+                what = "a regular expression" if key == "match" else "an op name like q.softmax"
+                raise QirError(f"{where}: '{key}' must be {what}, got {item[key]!r}")
+        if not isinstance(item.get("skip", False), bool):
+            raise QirError(f"{where}: 'skip' must be true or false, got {item['skip']!r}")
         try:
             pattern = re.compile(item["match"]) if "match" in item else None
         except re.error as exc:
