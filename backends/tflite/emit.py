@@ -60,6 +60,8 @@ def _operator_version(op: Op) -> int:
         return 3 if dtype == "i16" else 2
     if name in ("tfl.logistic", "tfl.tanh"):
         return 3 if dtype == "i16" else 2
+    if name == "tfl.gelu":
+        return 2
     if name == "tfl.transpose":
         return 5 if dtype == "i16" else (4 if op.operands[0].type.rank > 4 else 2)
     if name == "tfl.gather":
@@ -106,6 +108,8 @@ def _options(op: Op):
         return fb.BuiltinOptions.ReducerOptions, fb.ReducerOptionsT(keepDims=a["keepdims"])
     if name == "tfl.select_v2":
         return fb.BuiltinOptions.SelectV2Options, fb.SelectV2OptionsT()
+    if name == "tfl.gelu":
+        return fb.BuiltinOptions.GeluOptions, fb.GeluOptionsT(approximate=a["approximate"])
     return fb.BuiltinOptions.NONE, None
 
 

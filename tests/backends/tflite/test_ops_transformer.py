@@ -23,3 +23,53 @@ def test_softmax_int16(seed):
     beta = float(rng.choice([0.5, 1.0, 2.0]))
     g.ret(g.op("tfl.softmax", x, quant=spec("i16", 1 / 32768, 0), name="y", beta=beta))
     _lively(compare_with_runtime(g, f"softmax i16 [{rows},{depth}] beta={beta} #{seed}"), "y")
+
+
+def activation_case(op_name, dtype, seed, **options):
+    """int8: every input integer once (the whole table); int16: random integers. Seed 0 of int16
+    uses the power-of-two input scale 2^-12, which the kernels treat separately."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    if dtype == "i8":
+        sx = spec("i8", float(rng.uniform(0.01, 0.1)), int(rng.integers(-40, 40)))
+        data = rng.permutation(np.arange(-128, 128)).astype(np.int8).reshape(8, 32)
+        if op_name == "tfl.logistic":
+            out = spec("i8", 1 / 256, -128)
+        elif op_name == "tfl.tanh":
+            out = spec("i8", float(rng.uniform(1 / 128, 1 / 100)), int(rng.integers(-5, 5)))
+        else:
+            out = spec("i8", float(sx.scale[0] * rng.uniform(0.6, 1.0)), int(rng.integers(-60, -20)))
+    else:
+        scale = 2.0 ** -12 if seed == 0 else float(rng.uniform(1e-4, 6e-4))
+        sx = spec("i16", scale)
+        data = random_ints(rng, "i16", (16, 64))
+        out = spec("i16", 1 / 32768) if op_name != "tfl.gelu" else spec("i16", scale * rng.uniform(1.0, 1.2))
+    x = g.arg("x", data, sx)
+    return g.ret(g.op(op_name, x, quant=out, name="y", **options))
+
+
+@pytest.mark.parametrize("op_name", ["tfl.logistic", "tfl.tanh", "tfl.gelu"])
+@pytest.mark.parametrize("dtype", BOTH)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_activation(op_name, dtype, seed):
+    g = activation_case(op_name, dtype, seed)
+    _lively(compare_with_runtime(g, f"{op_name} {dtype} #{seed}"), "y")
+
+
+@pytest.mark.parametrize("dtype", BOTH)
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_gelu_approximate(dtype, seed):
+    g = activation_case("tfl.gelu", dtype, 10 + seed, approximate=True)
+    _lively(compare_with_runtime(g, f"gelu approximate {dtype} #{seed}"), "y")
+
+
+def test_silu_graph():
+    """SiLU = x · logistic(x) in int16, as a llama MLP lowers it."""
+    rng = np.random.default_rng(7)
+    g = Graph()
+    sx = spec("i16", 3e-4)
+    x = g.arg("x", random_ints(rng, "i16", (4, 96)), sx)
+    s = g.op("tfl.logistic", x, quant=spec("i16", 1 / 32768), name="s")
+    y = g.op("tfl.mul", x, s, quant=spec("i16", 3e-4), name="y")
+    g.ret(y, s)
+    _lively(compare_with_runtime(g, "silu i16"), "y")
