@@ -15,7 +15,7 @@ from qir.verifier import verify
 
 BUFFER_ALIGNMENT = 16  # the runtime maps constant data in place: keep it aligned for SIMD loads
 TENSOR_TYPES = {"f32": fb.TensorType.FLOAT32, "i8": fb.TensorType.INT8, "i16": fb.TensorType.INT16,
-                "i32": fb.TensorType.INT32, "i64": fb.TensorType.INT64}
+                "i32": fb.TensorType.INT32, "i64": fb.TensorType.INT64, "bool": fb.TensorType.BOOL}
 ACTIVATION = {"NONE": fb.ActivationFunctionType.NONE, "RELU": fb.ActivationFunctionType.RELU,
               "RELU6": fb.ActivationFunctionType.RELU6, "RELU_N1_TO_1": fb.ActivationFunctionType.RELU_N1_TO_1}
 
@@ -62,6 +62,8 @@ def _operator_version(op: Op) -> int:
         return 3 if dtype == "i16" else 2
     if name == "tfl.gelu":
         return 2
+    if name in ("tfl.slice", "tfl.strided_slice"):
+        return 4 if dtype == "i16" else 2
     if name == "tfl.transpose":
         return 5 if dtype == "i16" else (4 if op.operands[0].type.rank > 4 else 2)
     if name == "tfl.gather":
@@ -108,6 +110,11 @@ def _options(op: Op):
         return fb.BuiltinOptions.ReducerOptions, fb.ReducerOptionsT(keepDims=a["keepdims"])
     if name == "tfl.select_v2":
         return fb.BuiltinOptions.SelectV2Options, fb.SelectV2OptionsT()
+    if name == "tfl.slice":
+        return fb.BuiltinOptions.SliceOptions, fb.SliceOptionsT()
+    if name == "tfl.strided_slice":
+        return fb.BuiltinOptions.StridedSliceOptions, fb.StridedSliceOptionsT(
+            beginMask=0, endMask=0, ellipsisMask=0, newAxisMask=0, shrinkAxisMask=0, offset=False)
     if name == "tfl.gelu":
         return fb.BuiltinOptions.GeluOptions, fb.GeluOptionsT(approximate=a["approximate"])
     return fb.BuiltinOptions.NONE, None
@@ -119,8 +126,12 @@ def _extra_inputs(op: Op) -> list[np.ndarray]:
         return [np.asarray(op.attrs["shape"], np.int32)]
     if op.name == "tfl.transpose":
         return [np.asarray(op.attrs["perm"], np.int32)]
-    if op.name == "tfl.mean":
+    if op.name in ("tfl.mean", "tfl.sum"):
         return [np.asarray(op.attrs["axes"], np.int32)]
+    if op.name == "tfl.slice":
+        return [np.asarray(op.attrs["begin"], np.int32), np.asarray(op.attrs["size"], np.int32)]
+    if op.name == "tfl.strided_slice":
+        return [np.asarray(op.attrs[k], np.int32) for k in ("begin", "end", "strides")]
     return []
 
 

@@ -5,7 +5,8 @@ from qir.errors import QirError
 from qir.ir import Function, Module, Value
 
 # ops whose output is the input's integers moved around: the quant spec must not change
-PASS_THROUGH = ("tfl.reshape", "tfl.transpose", "tfl.gather", "tfl.concatenation")
+PASS_THROUGH = ("tfl.reshape", "tfl.transpose", "tfl.gather", "tfl.concatenation", "tfl.slice",
+                "tfl.strided_slice", "tfl.select_v2")
 
 
 def _where(func: Function, value: Value) -> str:
@@ -29,7 +30,8 @@ def check_runtime_rules(module: Module, func: Function) -> None:
                 raise QirError(f"{_where(func, w)}: {op.name} weights must be a constant")
         if op.name in PASS_THROUGH:
             out = op.results[0]
-            data = op.operands if op.name == "tfl.concatenation" else op.operands[:1]
+            data = (op.operands if op.name == "tfl.concatenation" else op.operands[1:] if op.name == "tfl.select_v2"
+                    else op.operands[:1])
             for x in data:
                 if x.quant != out.quant:
                     raise QirError(f"{_where(func, out)}: {op.name} moves integers without rescaling, so its "

@@ -1,12 +1,13 @@
-"""Data movement: tfl.reshape, tfl.transpose, tfl.gather, tfl.concatenation. The integers move
-unchanged, so input and output must share one quant spec (checked before emitting)."""
+"""Data movement: tfl.reshape, tfl.transpose, tfl.gather, tfl.concatenation, tfl.slice,
+tfl.strided_slice, tfl.select_v2. The integers move unchanged, so input and output must share
+one quant spec (checked before emitting)."""
 from __future__ import annotations
 
 import numpy as np
 
 from backends.tflite.dialect.base import TflOp
 from qir.errors import QirError
-from qir.ops.base import normalize_axis
+from qir.ops.base import broadcast_shape, normalize_axis
 
 
 class _Move(TflOp):
@@ -91,3 +92,91 @@ class Concatenation(_Move):
 
     def integer(self, *xs):
         return np.concatenate([np.asarray(x) for x in xs], axis=self.attrs["axis"])
+
+
+class Slice(_Move):
+    """x[begin : begin + size] on every axis (size −1: to the end)."""
+
+    name = "tfl.slice"
+    tflite_op = "SLICE"
+    options = {"begin": (), "size": ()}
+
+    def bounds(self, shape):
+        begin, size = tuple(self.attrs["begin"]), tuple(self.attrs["size"])
+        if len(begin) != len(shape) or len(size) != len(shape):
+            raise QirError(f"{self.name}: begin {list(begin)} and size {list(size)} need one entry per axis of {list(shape)}")
+        ends = []
+        for b, n, d in zip(begin, size, shape):
+            e = d if n == -1 else b + n
+            if not 0 <= b <= e <= d:
+                raise QirError(f"{self.name}: begin {list(begin)} size {list(size)} is out of bounds for {list(shape)}")
+            ends.append(e)
+        return begin, tuple(ends)
+
+    def infer_types(self):
+        x = self.operands[0].type
+        self.check_dtype(x)
+        begin, end = self.bounds(x.shape)
+        return [x.with_shape(tuple(e - b for b, e in zip(begin, end)))]
+
+    def integer(self, x):
+        begin, end = self.bounds(np.shape(x))
+        return np.asarray(x)[tuple(slice(b, e) for b, e in zip(begin, end))]
+
+
+class StridedSlice(_Move):
+    """x[begin : end : strides] with every mask 0; strides must be 1 here (the unit-stride case
+    a transformer needs: splitting heads, rotary halves). Negative begin / end count from the end."""
+
+    name = "tfl.strided_slice"
+    tflite_op = "STRIDED_SLICE"
+    options = {"begin": (), "end": (), "strides": ()}
+
+    def bounds(self, shape):
+        begin, end, strides = (tuple(self.attrs[k]) for k in ("begin", "end", "strides"))
+        if not len(begin) == len(end) == len(strides) == len(shape):
+            raise QirError(f"{self.name}: begin, end and strides need one entry per axis of {list(shape)}")
+        if any(s != 1 for s in strides):
+            raise QirError(f"{self.name}: only unit strides are supported, got {list(strides)}")
+        out_b, out_e = [], []
+        for b, e, d in zip(begin, end, shape):
+            b, e = b + d if b < 0 else b, e + d if e < 0 else e
+            b, e = min(max(b, 0), d), min(max(e, 0), d)
+            if e < b:
+                raise QirError(f"{self.name}: begin {list(begin)} end {list(end)} gives an empty range on {list(shape)}")
+            out_b.append(b)
+            out_e.append(e)
+        return tuple(out_b), tuple(out_e)
+
+    def infer_types(self):
+        x = self.operands[0].type
+        self.check_dtype(x)
+        begin, end = self.bounds(x.shape)
+        return [x.with_shape(tuple(e - b for b, e in zip(begin, end)))]
+
+    def integer(self, x):
+        begin, end = self.bounds(np.shape(x))
+        return np.asarray(x)[tuple(slice(b, e) for b, e in zip(begin, end))]
+
+
+class SelectV2(_Move):
+    """where(condition, x, y) with numpy broadcasting of all three; condition is bool, x and y
+    share the result's quant spec (the kernel copies integers, it does not rescale)."""
+
+    name = "tfl.select_v2"
+    tflite_op = "SELECT_V2"
+    num_operands = 3
+
+    def infer_types(self):
+        c, x, y = (v.type for v in self.operands)
+        if c.dtype != "bool":
+            raise QirError(f"{self.name}: the condition must be bool, got {c}")
+        self.check_dtype(x)
+        if y.dtype != x.dtype:
+            raise QirError(f"{self.name}: x and y must have one dtype, got {x} and {y}")
+        if max(c.rank, x.rank, y.rank) > 5:
+            raise QirError(f"{self.name}: the runtime broadcasts up to rank 5, got {c}, {x}, {y}")
+        return [x.with_shape(broadcast_shape(self, c.shape, x.shape, y.shape))]
+
+    def integer(self, c, x, y):
+        return np.where(np.asarray(c, bool), np.asarray(x), np.asarray(y))

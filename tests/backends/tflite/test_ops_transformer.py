@@ -73,3 +73,40 @@ def test_silu_graph():
     y = g.op("tfl.mul", x, s, quant=spec("i16", 3e-4), name="y")
     g.ret(y, s)
     _lively(compare_with_runtime(g, "silu i16"), "y")
+
+
+@pytest.mark.parametrize("dtype", BOTH)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_slices_and_select(dtype, seed):
+    """slice, strided_slice (unit strides, negative bounds) and select_v2 with a broadcast
+    [T, T] causal mask over [H, T, T] scores, in one graph."""
+    rng = np.random.default_rng(seed)
+    heads, t, d = int(rng.integers(1, 4)), int(rng.integers(4, 17)), int(rng.integers(8, 33))
+    q = spec(dtype, float(rng.uniform(0.001, 0.1)), 0 if dtype == "i16" else int(rng.integers(-40, 40)))
+    g = Graph()
+    x = g.arg("x", random_ints(rng, dtype, (heads, t, d)), q)
+    scores = g.arg("scores", random_ints(rng, dtype, (heads, t, t)), q)
+    mask = g.arg("mask", np.tril(np.ones((t, t), bool)) if seed % 2 == 0 else rng.random((t, t)) < 0.5)
+    floor = g.arg("floor", np.full((1, 1, 1), -128 if dtype == "i8" else -32768, np.int8 if dtype == "i8" else np.int16), q)
+    b0, b1 = int(rng.integers(0, t // 2)), int(rng.integers(0, d // 2))
+    s = g.op("tfl.slice", x, quant=q, name="s", begin=[0, b0, b1], size=[heads, -1, d // 2])
+    half = d // 2
+    ss = g.op("tfl.strided_slice", x, quant=q, name="ss", begin=[0, 0, -half], end=[heads, t - 1, d], strides=[1, 1, 1])
+    m = g.op("tfl.select_v2", mask, scores, floor, quant=q, name="m")
+    g.ret(s, ss, m)
+    runtime = compare_with_runtime(g, f"slice/strided_slice/select_v2 {dtype} #{seed}")
+    np.testing.assert_array_equal(runtime["ss"], g.feeds["x"][:, :t - 1, d - half:])
+    _lively(runtime, "m")
+
+
+def test_select_v2_rejects_different_specs():
+    from backends.tflite.emit import emit_tflite
+    from qir import QirError
+    rng = np.random.default_rng(0)
+    g = Graph()
+    c = g.arg("c", rng.random((2, 8)) < 0.5)
+    a = g.arg("a", random_ints(rng, "i8", (2, 8)), spec("i8", 0.1, 0))
+    b = g.arg("b", random_ints(rng, "i8", (2, 8)), spec("i8", 0.2, 0))
+    g.ret(g.op("tfl.select_v2", c, a, b, quant=spec("i8", 0.1, 0), name="y"))
+    with pytest.raises(QirError, match="same quant spec"):
+        emit_tflite(g.module)
