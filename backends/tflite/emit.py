@@ -126,7 +126,7 @@ def _extra_inputs(op: Op) -> list[np.ndarray]:
         return [np.asarray(op.attrs["shape"], np.int32)]
     if op.name == "tfl.transpose":
         return [np.asarray(op.attrs["perm"], np.int32)]
-    if op.name in ("tfl.mean", "tfl.sum"):
+    if op.name == "tfl.mean":
         return [np.asarray(op.attrs["axes"], np.int32)]
     if op.name == "tfl.slice":
         return [np.asarray(op.attrs["begin"], np.int32), np.asarray(op.attrs["size"], np.int32)]

@@ -110,3 +110,23 @@ def test_select_v2_rejects_different_specs():
     g.ret(g.op("tfl.select_v2", c, a, b, quant=spec("i8", 0.1, 0), name="y"))
     with pytest.raises(QirError, match="same quant spec"):
         emit_tflite(g.module)
+
+
+@pytest.mark.parametrize("dtype", BOTH)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mean_last_axis(dtype, seed):
+    """Seed 0 keeps the input spec on the output (the runtime still rounds, it does not truncate)."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    rows, n = int(rng.integers(8, 32)), int(rng.integers(3, 300))
+    zero = 0 if dtype == "i16" else int(rng.integers(-40, 40))
+    sx = spec(dtype, float(rng.uniform(0.001, 0.1)), zero)
+    out = sx if seed == 0 else spec(dtype, float(sx.scale[0] * rng.uniform(0.05, 0.5)),
+                                     0 if dtype == "i16" else int(rng.integers(-20, 20)))
+    top = 128 if dtype == "i8" else 32768
+    centres = rng.integers(-top // 2, top // 2, (rows, 1))  # rows with different means
+    data = np.clip(centres + rng.integers(-top // 2, top // 2, (rows, n)), -top, top - 1).astype(
+        np.int8 if dtype == "i8" else np.int16)
+    x = g.arg("x", data, sx)
+    g.ret(g.op("tfl.mean", x, quant=out, name="y"))
+    _lively(compare_with_runtime(g, f"mean {dtype} n={n} #{seed}"), "y")
