@@ -130,3 +130,58 @@ def test_mean_last_axis(dtype, seed):
     x = g.arg("x", data, sx)
     g.ret(g.op("tfl.mean", x, quant=out, name="y"))
     _lively(compare_with_runtime(g, f"mean {dtype} n={n} #{seed}"), "y")
+
+
+def rsqrt_case(dtype, seed):
+    """int8: every integer from the zero point up (the runtime refuses values below it);
+    int16: random non-negative integers."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    if dtype == "i8":
+        zero = int(rng.integers(-128, -60))
+        sx = spec("i8", float(rng.uniform(0.001, 0.1)), zero)
+        data = rng.permutation(np.arange(zero, 128)).astype(np.int8)[None, :]
+        out = spec("i8", float(1 / np.sqrt(sx.scale[0]) / 200 * rng.uniform(0.5, 1.5)), int(rng.integers(-128, -100)))
+    else:
+        sx = spec("i16", float(rng.uniform(1e-5, 1e-3)))
+        data = rng.integers(0, 32768, (8, 64)).astype(np.int16)
+        out = spec("i16", float(1 / np.sqrt(sx.scale[0] * 30) / 32768 * rng.uniform(0.5, 2)))
+    x = g.arg("x", data, sx)
+    return g.ret(g.op("tfl.rsqrt", x, quant=out, name="y"))
+
+
+@pytest.mark.parametrize("dtype", BOTH)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rsqrt(dtype, seed):
+    _lively(compare_with_runtime(rsqrt_case(dtype, seed), f"rsqrt {dtype} #{seed}"), "y")
+
+
+def test_rsqrt_int8_below_zero_point_is_refused():
+    from backends.tflite.emit import emit_tflite
+    from backends.tflite.reference import run_integer
+    from backends.tflite.runner import run_tflite
+    from qir import QirError
+    g = rsqrt_case("i8", 0)
+    zero = g.module.main.args[0].quant.zero_point[0]
+    g.feeds["x"][0, 0] = zero - 1
+    with pytest.raises(RuntimeError):
+        run_tflite(emit_tflite(g.module), g.feeds)
+    with pytest.raises(QirError, match="below its zero point"):
+        run_integer(g.module, g.feeds["x"])
+
+
+def test_rmsnorm_int16_graph():
+    """RMSNorm in int16: mul(x, x) -> mean -> rsqrt -> mul(x, ·) -> mul(·, gamma)."""
+    rng = np.random.default_rng(3)
+    g = Graph()
+    d = 64
+    x = g.arg("x", random_ints(rng, "i16", (6, d)) // rng.integers(1, 16, (6, 1)).astype(np.int16), spec("i16", 1e-3))
+    gamma = g.const("gamma", rng.integers(8000, 32767, (d,)).astype(np.int16), spec("i16", 1 / 16384))
+    sq = g.op("tfl.mul", x, x, quant=spec("i16", 1e-6 * 32768 / 32767 * 1.1), name="sq")
+    ms = g.op("tfl.mean", sq, quant=spec("i16", 2e-6), name="ms")
+    inv = g.op("tfl.rsqrt", ms, quant=spec("i16", 1 / 1024), name="inv")
+    n = g.op("tfl.mul", x, inv, quant=spec("i16", 1 / 8192), name="n")
+    y = g.op("tfl.mul", n, gamma, quant=spec("i16", 1 / 8192), name="y")
+    g.ret(y, inv)
+    runtime = compare_with_runtime(g, "rmsnorm i16")
+    _lively(runtime, "y")
