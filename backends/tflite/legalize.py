@@ -13,7 +13,10 @@ from qir.errors import QirError
 from qir.ir import Module, Op, Value
 from qir.quant import QuantSpec
 
-SOFTMAX_OUTPUT = {"i8": QuantSpec(8, True, scale=(1 / 256,), zero_point=(-128,))}
+# output specs the runtime fixes for these kernels
+SOFTMAX_OUTPUT = {"i8": QuantSpec(8, True, scale=(1 / 256,), zero_point=(-128,)),
+                  "i16": QuantSpec(16, True, scale=(1 / 32768,), zero_point=(0,))}
+LOGISTIC_OUTPUT = SOFTMAX_OUTPUT
 
 
 def retype(spec: QuantSpec, dtype: str) -> QuantSpec:
@@ -227,7 +230,44 @@ def lower_softmax(lz: Legalizer, op: Op) -> Value:
     return lz.convert(y, need_spec(op.results[0]), op.results[0].name + ".cvt")
 
 
+def lower_silu(lz: Legalizer, op: Op) -> Value:
+    """x * sigmoid(x): LOGISTIC (fixed output spec) then MUL."""
+    x = lz.get(op.operands[0])
+    dtype = x.type.dtype
+    gate = append_tfl(lz.b, "tfl.logistic", x, quant=LOGISTIC_OUTPUT[dtype], name=op.results[0].name + ".sigmoid")
+    return lz.emit("tfl.mul", [x, gate], op.results[0], dtype)
+
+
+def lower_sigmoid(lz: Legalizer, op: Op) -> Value:
+    x = lz.get(op.operands[0])
+    y = append_tfl(lz.b, "tfl.logistic", x, quant=LOGISTIC_OUTPUT[x.type.dtype], name=op.results[0].name)
+    return lz.convert(y, need_spec(op.results[0]), op.results[0].name + ".cvt")
+
+
+def lower_table_activation(lz: Legalizer, op: Op) -> Value:
+    """tanh and gelu: table kernels with a free output spec, run in the input's width."""
+    x = lz.get(op.operands[0])
+    options = {"approximate": op.attrs["approximate"] == "tanh"} if op.name == "q.gelu" else {}
+    return lz.emit("tfl." + op.name[2:], [x], op.results[0], x.type.dtype, **options)
+
+
+def lower_masked_fill(lz: Legalizer, op: Op) -> Value:
+    """SELECT_V2(mask, x, fill), all in the result's spec: the fill saturates at the bottom of
+    that range instead of widening it (quantize sets the range from x; see MASK_MARGIN)."""
+    spec, mask = need_spec(op.results[0]), op.operands[1]
+    x = lz.convert(lz.get(op.operands[0]), spec, op.results[0].name + ".in")
+    if not mask.is_constant:
+        raise QirError(f"tflite: q.masked_fill %{op.results[0].name} needs a constant mask")
+    condition = lz.src.weights.get(mask.name) != 0
+    lz.dst.add_constant(lz.b.func.unique_name(mask.name), condition)
+    cond = lz.b.func.constant(list(lz.dst.constants)[-1])
+    fill = lz.constant(op.results[0].name + ".fill", np.float32(op.attrs["value"]), spec)
+    return append_tfl(lz.b, "tfl.select_v2", cond, x, fill, quant=spec, name=op.results[0].name)
+
+
 RULES = {
+    "q.silu": lower_silu, "q.sigmoid": lower_sigmoid, "q.tanh": lower_table_activation,
+    "q.gelu": lower_table_activation, "q.masked_fill": lower_masked_fill,
     "q.linear": lower_linear,
     "q.add": lower_binary, "q.sub": lower_binary, "q.mul": lower_binary,
     "q.matmul": lower_matmul,
