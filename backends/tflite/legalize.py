@@ -132,6 +132,19 @@ def sole_relu(op: Op) -> Op | None:
     return None
 
 
+def emit_fusing_relu(lz: Legalizer, op: Op, tfl_name: str, operands, dtype: str) -> Value:
+    """Emit `op` as `tfl_name`; a q.relu that is its only user folds into the kernel's clamp."""
+    result, activation = op.results[0], "NONE"
+    relu = sole_relu(op)
+    if relu is not None:
+        lz.fused.add(id(relu))
+        result, activation = relu.results[0], "RELU"
+    y = lz.emit(tfl_name, operands, result, dtype, fused_activation=activation)
+    if relu is not None:
+        lz.env[id(relu.results[0])] = y
+    return y
+
+
 # -- rules: one per q op -------------------------------------------------------------------------
 
 def lower_linear(lz: Legalizer, op: Op) -> Value:
@@ -160,31 +173,14 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
         bias_dtype = np.int64 if dtype == "i16" else np.int32
         lz.dst.add_constant(lz.b.func.unique_name(b.name), bias.astype(bias_dtype))
         operands.append(lz.b.func.constant(list(lz.dst.constants)[-1]))
-    result, activation = op.results[0], "NONE"
-    relu = sole_relu(op)
-    if relu is not None:  # fold the ReLU into the kernel's clamp
-        lz.fused.add(id(relu))
-        result, activation = relu.results[0], "RELU"
-    y = lz.emit("tfl.fully_connected", operands, result, dtype, fused_activation=activation)
-    if relu is not None:
-        lz.env[id(relu.results[0])] = y
-    return y
+    return emit_fusing_relu(lz, op, "tfl.fully_connected", operands, dtype)
 
 
 def lower_binary(lz: Legalizer, op: Op) -> Value:
     dtype = need_spec(op.results[0]).storage
     a = lz.operand_in(op.operands[0], dtype, op.results[0].name + ".a")
     b = lz.operand_in(op.operands[1], dtype, op.results[0].name + ".b")
-    tfl = {"q.add": "tfl.add", "q.sub": "tfl.sub", "q.mul": "tfl.mul"}[op.name]
-    result, activation = op.results[0], "NONE"
-    relu = sole_relu(op) if op.name != "q.mul" else None
-    if relu is not None:
-        lz.fused.add(id(relu))
-        result, activation = relu.results[0], "RELU"
-    y = lz.emit(tfl, [a, b], result, dtype, fused_activation=activation)
-    if relu is not None:
-        lz.env[id(relu.results[0])] = y
-    return y
+    return emit_fusing_relu(lz, op, "tfl." + op.name[2:], [a, b], dtype)
 
 
 def lower_matmul(lz: Legalizer, op: Op) -> Value:

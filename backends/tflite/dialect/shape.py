@@ -94,7 +94,24 @@ class Concatenation(_Move):
         return np.concatenate([np.asarray(x) for x in xs], axis=self.attrs["axis"])
 
 
-class Slice(_Move):
+class _Window(_Move):
+    """A contiguous window of the input; subclasses turn their options into (begin, end) per axis."""
+
+    def bounds(self, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        raise NotImplementedError
+
+    def infer_types(self):
+        x = self.operands[0].type
+        self.check_dtype(x)
+        begin, end = self.bounds(x.shape)
+        return [x.with_shape(tuple(e - b for b, e in zip(begin, end)))]
+
+    def integer(self, x):
+        begin, end = self.bounds(np.shape(x))
+        return np.asarray(x)[tuple(slice(b, e) for b, e in zip(begin, end))]
+
+
+class Slice(_Window):
     """x[begin : begin + size] on every axis (size −1: to the end)."""
 
     name = "tfl.slice"
@@ -113,18 +130,9 @@ class Slice(_Move):
             ends.append(e)
         return begin, tuple(ends)
 
-    def infer_types(self):
-        x = self.operands[0].type
-        self.check_dtype(x)
-        begin, end = self.bounds(x.shape)
-        return [x.with_shape(tuple(e - b for b, e in zip(begin, end)))]
-
-    def integer(self, x):
-        begin, end = self.bounds(np.shape(x))
-        return np.asarray(x)[tuple(slice(b, e) for b, e in zip(begin, end))]
 
 
-class StridedSlice(_Move):
+class StridedSlice(_Window):
     """x[begin : end : strides] with every mask 0; strides must be 1 here (the unit-stride case
     a transformer needs: splitting heads, rotary halves). Negative begin / end count from the end."""
 
@@ -148,15 +156,6 @@ class StridedSlice(_Move):
             out_e.append(e)
         return tuple(out_b), tuple(out_e)
 
-    def infer_types(self):
-        x = self.operands[0].type
-        self.check_dtype(x)
-        begin, end = self.bounds(x.shape)
-        return [x.with_shape(tuple(e - b for b, e in zip(begin, end)))]
-
-    def integer(self, x):
-        begin, end = self.bounds(np.shape(x))
-        return np.asarray(x)[tuple(slice(b, e) for b, e in zip(begin, end))]
 
 
 class SelectV2(_Move):
