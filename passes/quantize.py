@@ -7,7 +7,7 @@ import numpy as np
 from qir import Module, Pass, PassContext, PassResult, QirError, QuantSpec
 from qir.quant_params import affine_params, block_scales, symmetric_scales
 from qir.quant_recipe import load_recipe
-from qir.stats import observed_range
+from qir.stats import OBSERVERS, ValueStats, observed_range
 
 from passes.calibrate import STATS_KEY
 
@@ -26,7 +26,12 @@ class Quantize(Pass):
     def run(self, module: Module, ctx: PassContext) -> PassResult:
         recipe = load_recipe(self.recipe)
         if self.observer:
+            if self.observer not in OBSERVERS:
+                raise QirError(f"quantize: unknown observer '{self.observer}' (observers: {', '.join(OBSERVERS)})")
             recipe.activations["observer"] = self.observer
+        if module.is_quantized():
+            raise QirError("quantize: the module is already quantized (it carries quant specs); "
+                           "quantize the float model once, with one recipe")
         stats = ctx.data.get(STATS_KEY)
         if stats is None:
             raise QirError("quantize needs activation statistics: put 'calibrate' before it in the pipeline")
@@ -37,12 +42,16 @@ class Quantize(Pass):
             elif role == "constant":
                 self._quantize_constant(module, recipe, name)
         for func in module.functions.values():
-            producers = [(arg, None) for arg in func.args] + [(r, op.name) for op in func.ops for r in op.results]
+            producers = [(arg, None) for arg in func.args] + [(r, op) for op in func.ops for r in op.results]
             for value, producer in producers:
                 if value.type.is_float:
                     consumers = tuple(user.name for user, _ in value.uses)
-                    settings = recipe.settings_for("activations", value.name, producer, consumers)
-                    if settings is not None:
+                    settings = recipe.settings_for("activations", value.name, producer and producer.name, consumers)
+                    if settings is None:
+                        continue
+                    if producer is not None and producer.name == "q.masked_fill":
+                        value.quant = masked_fill_spec(stats, producer, settings)
+                    else:
                         value.quant = activation_spec(stats, value.name, settings)
         for func in module.functions.values():
             for op in func.ops:
@@ -117,6 +126,24 @@ def activation_spec(stats, name: str, settings: dict) -> QuantSpec:
                             settings.get("percentile", 99.99))
     scale, zero, _, _ = affine_params(lo, hi, bits, symmetric)
     return QuantSpec(bits, True, scale=(scale,), zero_point=(zero,))
+
+
+MASK_MARGIN = 20.0  # masked scores sit this far below the smallest real score: exp(-20) ~ 2e-9
+
+
+def masked_fill_spec(stats, op, settings: dict) -> QuantSpec:
+    """The range of a masked_fill result is its input's range, extended down by MASK_MARGIN (not
+    down to the fill value, e.g. -1e4: a range that wide would leave the real scores a few steps).
+    The fill value then saturates at the bottom of the grid, where softmax still gives it ~0."""
+    source = op.operands[0].name
+    if source not in stats:
+        raise QirError(f"no calibration statistics for %{source}; run calibrate on this module first")
+    value = float(op.attrs["value"])
+    lo, hi = observed_range(stats[source], settings.get("observer", "minmax"), settings["bits"],
+                            settings["bits"] == 16, settings.get("percentile", 99.99))
+    lo = max(min(lo, value), lo - MASK_MARGIN)
+    hi = max(hi, min(value, hi + MASK_MARGIN))
+    return activation_spec({"range": ValueStats(lo, hi)}, "range", {"bits": settings["bits"], "observer": "minmax"})
 
 
 def add_param(module: Module, name: str, data: np.ndarray) -> str:
