@@ -13,8 +13,13 @@ from qir.ir import Module
 
 
 def sqnr_by_value(module: Module, inputs: list[tuple]) -> dict[str, float]:
-    """SQNR in dB = 10 log10(sum x_float^2 / sum (x_quant - x_float)^2), summed over the inputs."""
+    """SQNR in dB = 10 log10(sum x_float^2 / sum (x_quant - x_float)^2), summed over the inputs
+    (masked_fill results: over their unmasked elements)."""
     quantized = {r.name for f in module.functions.values() for op in f.ops for r in op.results if r.quant}
+    # a masked_fill result is compared where it is not masked: the fill value (e.g. -1e4) saturates at
+    # the bottom of the grid by design, and only its ~0 probability after softmax matters
+    fills = {op.results[0].name: float(op.attrs["value"]) for f in module.functions.values() for op in f.ops
+             if op.name == "q.masked_fill"}
     float_run, quant_run = Interpreter(module), Interpreter(module, mode="fake-quant")
     keep = lambda name, x: x  # noqa: E731  (every value leaves the compiled function)
     signal: dict[str, float] = {}
@@ -23,9 +28,12 @@ def sqnr_by_value(module: Module, inputs: list[tuple]) -> dict[str, float]:
         _, reference = float_run.run_observed(*sample, key="all", observe=keep)
         _, observed = quant_run.run_observed(*sample, key="all", observe=keep)
         for name in quantized:
-            ref = np.asarray(reference[name], np.float64)
+            ref, out = np.asarray(reference[name], np.float64), np.asarray(observed[name], np.float64)
+            if name in fills:
+                kept = ref != np.float32(fills[name])
+                ref, out = ref[kept], out[kept]
             signal[name] = signal.get(name, 0.0) + float((ref ** 2).sum())
-            noise[name] = noise.get(name, 0.0) + float(((np.asarray(observed[name], np.float64) - ref) ** 2).sum())
+            noise[name] = noise.get(name, 0.0) + float(((out - ref) ** 2).sum())
     order = [r.name for f in module.functions.values() for op in f.ops for r in op.results if r.name in quantized]
     return {n: float(10 * np.log10(max(signal[n], 1e-30) / max(noise[n], 1e-30))) for n in order}
 
