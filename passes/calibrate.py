@@ -10,15 +10,15 @@ from qir.evaluate import progress_bar
 from qir.stats import ValueStats
 
 INPUTS_KEY = "calibration_inputs"  # ctx.data entry: a list of input tuples for the main function
-STATS_KEY = "calibration"
-HISTOGRAM_SAMPLE = 1 << 18  # elements per value and sample that enter its histogram  # ctx.data entry written here: {value name: ValueStats}
+STATS_KEY = "calibration"  # ctx.data entry written here: {value name: ValueStats}
+HISTOGRAM_SAMPLE = 1 << 18  # elements per value and sample that enter its histogram
 
 
 @dataclass(frozen=True)
 class Calibrate(Pass):
     name = "calibrate"
     summary = "record per-value ranges (and histograms) of the float model on calibration data"
-    samples: int = 16
+    samples: int = 0  # at most this many of the given inputs; 0: all of them
     histogram: bool = True
     bins: int = 2048
 
@@ -27,7 +27,7 @@ class Calibrate(Pass):
         if not inputs:
             raise QirError("calibrate needs calibration inputs: qir-compile provides them from the model's "
                            f"tokenizer; from Python, set ctx.data['{INPUTS_KEY}'] to a list of input tuples")
-        inputs = inputs[:self.samples]
+        inputs = inputs[:self.samples] if self.samples > 0 else inputs
         interpreter = Interpreter(module)
         ranges = self._ranges(interpreter, inputs)
         stats = {name: ValueStats(lo, hi) for name, (lo, hi) in ranges.items()}
