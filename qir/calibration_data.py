@@ -34,3 +34,32 @@ def calibration_inputs(loaded: LoadedModel, samples: int, text: str | None = Non
         chunk = held_out[i * per:(i + 1) * per]
         windows.append((np.asarray(([loaded.info["bos_token_id"]] if bos else []) + chunk, np.int32)[None],))
     return windows
+
+
+def calibration_file_inputs(path, loaded: LoadedModel) -> list[tuple]:
+    """Inputs from an .npz file: one array per argument of the main function, named like the
+    argument, stacked along a leading sample axis."""
+    from pathlib import Path
+    path = Path(path)
+    try:
+        arrays = np.load(path)
+    except FileNotFoundError:
+        raise QirError(f"calibration data not found: {path}") from None
+    except Exception as exc:
+        raise QirError(f"{path} is not a readable .npz file: {exc}") from None
+    func = loaded.module.main
+    names = [a.name for a in func.args]
+    missing = [n for n in names if n not in arrays.files]
+    if missing:
+        raise QirError(f"{path}: no array for argument(s) {', '.join(missing)} of @{func.name} "
+                       f"(the file has {', '.join(arrays.files) or 'none'})")
+    counts = set()
+    for arg in func.args:
+        data = arrays[arg.name]
+        if data.shape[1:] != arg.type.shape:
+            raise QirError(f"{path}: array '{arg.name}' has samples of shape {list(data.shape[1:])}, "
+                           f"@{func.name} takes {list(arg.type.shape)}")
+        counts.add(data.shape[0])
+    if len(counts) != 1:
+        raise QirError(f"{path}: the arrays hold different numbers of samples ({sorted(counts)})")
+    return [tuple(arrays[n][i] for n in names) for i in range(counts.pop())]

@@ -103,8 +103,8 @@ class Legalizer:
                 continue
             rule = RULES.get(op.name)
             if rule is None:
-                where = f" ({op.location[0]}:{op.location[1]})" if op.location else ""
-                raise QirError(f"tflite: {op.name} (%{op.results[0].name}){where} has no TFLite lowering; "
+                where = f"{op.location[0]}:{op.location[1]}:{op.location[2]}: " if op.location else ""
+                raise QirError(f"{where}tflite: {op.name} (%{op.results[0].name}) has no TFLite lowering; "
                                f"lowered ops: {', '.join(sorted(RULES))}")
             self.env[id(op.results[0])] = rule(self, op)
         outputs = []

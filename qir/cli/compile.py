@@ -25,6 +25,9 @@ def build_parser() -> ArgumentParser:
                        help=f"a named pipeline: {', '.join(RECIPES)} (default: {DEFAULT_RECIPE})")
     parser.add_argument("-o", "--outdir", type=Path, default=Path("qir-out"), help="output folder (default: qir-out)")
     parser.add_argument("--target", help="a backend to emit for (e.g. tflite); the module must be quantized")
+    parser.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
+                        help="calibration inputs: one array per function argument, samples stacked on axis 0 "
+                             "(default: text from Python's own docs through the model's tokenizer)")
     parser.add_argument("--calibration-samples", type=int, default=16,
                         help="calibration windows/sentences made available to calibrate (default 16)")
     parser.add_argument("--report-samples", type=int, default=2,
@@ -44,7 +47,7 @@ def body(argv) -> int:
     from qir.summary import human_bytes, module_table
     from qir.verifier import verify
     from qir.backend import get_backend
-    from qir.calibration_data import calibration_inputs
+    from qir.calibration_data import calibration_file_inputs, calibration_inputs
     from qir.passes import PassContext
     from qir.quant_report import bits_of, report_table, sqnr_by_value, write_report
     from qir.weights import save_weights
@@ -65,7 +68,8 @@ def body(argv) -> int:
     ctx = PassContext()
     if any(p.name == "calibrate" for p in manager.passes):
         with console.status("preparing calibration data"):
-            ctx.data[INPUTS_KEY] = calibration_inputs(loaded, args.calibration_samples)
+            ctx.data[INPUTS_KEY] = (calibration_file_inputs(args.calibration_data, loaded) if args.calibration_data
+                                    else calibration_inputs(loaded, args.calibration_samples))
     manager.run(module, ctx)
     report = None
     if module.is_quantized() and args.report_samples > 0:
