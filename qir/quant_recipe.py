@@ -29,11 +29,13 @@ SECTION_KEYS = {"weights": {"bits", "block"}, "activations": {"bits", "observer"
 OVERRIDE_KEYS = {"match", "producer", "consumer", "weights", "activations", "constants", "skip"}
 
 # Tensors that must stay wide under 8-bit activations: the residual stream and norm inputs
-# (massive activations), and softmax input/output.
+# (massive activations), and softmax input/output (attention scores reach softmax through a
+# masked_fill, whose input is the softmax input too).
 WIDE_TENSORS = [
     {"consumer": "q.rms_norm", "activations": {"bits": 16}},
     {"consumer": "q.layer_norm", "activations": {"bits": 16}},
     {"consumer": "q.softmax", "activations": {"bits": 16}},
+    {"consumer": "q.masked_fill", "activations": {"bits": 16}},
     {"producer": "q.softmax", "activations": {"bits": 16}},
 ]
 

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 from qir.errors import QirError
 
+# The built-in quantization recipes use the minmax observer, so their calibration skips histograms
+# (one pass over the data instead of two); a JSON recipe may ask for percentile or mse.
 RECIPES: dict[str, tuple[str, str]] = {
     # name: (pipeline, what it is for)
     "float": ("canonicalize,dce", "lower and clean up the float model; no quantization"),
-    "w8a8": ("canonicalize,dce,calibrate,quantize{recipe=w8a8}",
+    "w8a8": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=w8a8}",
              "int8 weights per channel, int8 activations; residual stream, norm inputs and softmax in int16"),
-    "a16w8": ("canonicalize,dce,calibrate,quantize{recipe=a16w8}", "int8 weights per channel, int16 activations"),
-    "w4a8": ("canonicalize,dce,calibrate,quantize{recipe=w4a8}",
+    "a16w8": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=a16w8}",
+              "int8 weights per channel, int16 activations"),
+    "w4a8": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=w4a8}",
              "int4 weights per channel, int8 activations (wide tensors in int16)"),
-    "w4a16": ("canonicalize,dce,calibrate,quantize{recipe=w4a16}", "int4 weights per channel, int16 activations"),
+    "w4a16": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=w4a16}",
+              "int4 weights per channel, int16 activations"),
 }
 DEFAULT_RECIPE = "float"
 
