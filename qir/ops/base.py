@@ -21,6 +21,18 @@ def normalize_axis(op: Op, axis: int, rank: int) -> int:
     return axis % rank
 
 
+def concat_type(op: Op, types: list[TensorType], axis: int) -> TensorType:
+    """The type of `types` joined along `axis`: same rank and dtype, equal sizes off the axis."""
+    first = types[0]
+    axis = normalize_axis(op, axis, first.rank)
+    for t in types[1:]:
+        if t.rank != first.rank or t.dtype != first.dtype or any(
+                a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
+            raise QirError(f"{op.name}: {t} cannot be concatenated with {first} along axis {axis}")
+    size = sum(t.shape[axis] for t in types)
+    return first.with_shape(first.shape[:axis] + (size,) + first.shape[axis + 1:])
+
+
 def require_float(op: Op, value_type: TensorType, what: str = "input") -> None:
     if not value_type.is_float:
         raise QirError(f"{op.name}: {what} must be a float tensor, got {value_type}")

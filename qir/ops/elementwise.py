@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from qir.errors import QirError
 from qir.ops.base import BinaryOp, UnaryOp, broadcast_shape
 from qir.ir import Op, REQUIRED
-from qir.types import TensorType
 
 
 class Add(BinaryOp):

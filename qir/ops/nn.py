@@ -7,7 +7,6 @@ import jax.numpy as jnp
 from qir.errors import QirError
 from qir.ir import Op, REQUIRED
 from qir.ops.base import broadcast_shape, normalize_axis, require_float
-from qir.types import TensorType
 
 
 class Linear(Op):

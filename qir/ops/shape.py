@@ -6,8 +6,8 @@ import numpy as np
 
 from qir.errors import QirError
 from qir.ir import Op, REQUIRED
-from qir.ops.base import normalize_axis
-from qir.types import DTYPES, TensorType
+from qir.ops.base import concat_type, normalize_axis
+from qir.types import DTYPES
 
 
 class Gather(Op):
@@ -83,14 +83,7 @@ class Concat(Op):
 
     def infer_types(self):
         types = [v.type for v in self.operands]
-        first = types[0]
-        axis = normalize_axis(self, self.attrs["axis"], first.rank)
-        for t in types[1:]:
-            if t.rank != first.rank or t.dtype != first.dtype or any(
-                    a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
-                raise QirError(f"{self.name}: {t} cannot be concatenated with {first} along axis {axis}")
-        size = sum(t.shape[axis] for t in types)
-        return [first.with_shape(first.shape[:axis] + (size,) + first.shape[axis + 1:])]
+        return [concat_type(self, types, self.attrs["axis"])]
 
     def jax(self, *xs):
         return jnp.concatenate(xs, axis=self.attrs["axis"])

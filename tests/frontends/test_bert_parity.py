@@ -1,6 +1,5 @@
 """The BERT frontend against transformers' BertModel on a small random checkpoint, and its errors
 for checkpoints it cannot lower faithfully."""
-import json
 import shutil
 
 import numpy as np

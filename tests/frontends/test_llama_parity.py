@@ -1,7 +1,6 @@
 """The llama-family builder against transformers (PyTorch, float32, eager attention) on tiny random
 checkpoints saved as Hugging Face folders, and its errors for checkpoints it cannot lower faithfully."""
 import dataclasses
-import json
 
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ from backends.tflite.dialect.base import (INT_RANGES, TflOp, activation_range, c
 from backends.tflite.fixed_point import quantize_multiplier, requantize
 from qir.errors import QirError
 from qir.ops.base import broadcast_shape
-from qir.types import TensorType
 
 # How each kernel rounds its requantization in ai-edge-litert 2.3 (measured: see
 # docs/tflite-backend.md). int16 activations accumulate in int64, which the runtime requantizes

@@ -7,7 +7,7 @@ import numpy as np
 
 from backends.tflite.dialect.base import TflOp
 from qir.errors import QirError
-from qir.ops.base import broadcast_shape, normalize_axis
+from qir.ops.base import broadcast_shape, concat_type, normalize_axis
 
 
 class _Move(TflOp):
@@ -80,15 +80,8 @@ class Concatenation(_Move):
 
     def infer_types(self):
         types = [v.type for v in self.operands]
-        first = types[0]
-        self.check_dtype(first)
-        axis = normalize_axis(self, self.attrs["axis"], first.rank)
-        for t in types[1:]:
-            if t.rank != first.rank or t.dtype != first.dtype or any(
-                    a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
-                raise QirError(f"{self.name}: {t} cannot be concatenated with {first} along axis {axis}")
-        size = sum(t.shape[axis] for t in types)
-        return [first.with_shape(first.shape[:axis] + (size,) + first.shape[axis + 1:])]
+        self.check_dtype(types[0])
+        return [concat_type(self, types, self.attrs["axis"])]
 
     def integer(self, *xs):
         return np.concatenate([np.asarray(x) for x in xs], axis=self.attrs["axis"])
