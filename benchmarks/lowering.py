@@ -32,6 +32,7 @@ from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from machine_load import load_footer  # noqa: E402
 from make_random_llama import DEFAULT_FOLDER, make_random_llama  # noqa: E402
 
 # wide enough for the tables when the output goes to a file or a pipe
@@ -219,8 +220,7 @@ def main(argv=None) -> int:
         table.add_row("", "sum of steps", median, each, fmt_mb([x["peak_rss_mb"] for x in r["stages"]]),
                       end_section=True)
     console.print(table)
-    console.print(f"{os.cpu_count()} cores; load average (1 min) {load_before:.2f} before, "
-                  f"{os.getloadavg()[0]:.2f} after")
+    console.print(load_footer(load_before))
     return 0
 
 

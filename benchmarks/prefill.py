@@ -28,6 +28,7 @@ from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from machine_load import load_footer  # noqa: E402
 from make_random_llama import DEFAULT_FOLDER, make_random_llama  # noqa: E402
 
 # wide enough for the tables when the output goes to a file or a pipe
@@ -221,8 +222,7 @@ def main(argv=None) -> int:
     for name, cell in rows:
         table.add_row(name, *(cell(r) for r in results.values()))
     console.print(table)
-    console.print(f"{os.cpu_count()} cores; load average (1 min) {load_before:.2f} before, "
-                  f"{os.getloadavg()[0]:.2f} after")
+    console.print(load_footer(load_before))
     return 0
 
 
