@@ -4,7 +4,9 @@ Nothing is read or converted until someone asks for it, so lowering a 1B-paramet
 touches file headers."""
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 from typing import Callable
 
@@ -79,19 +81,37 @@ class WeightStore:
         return store
 
 
+# IR dtype -> safetensors dtype code
+SAFETENSORS_DTYPES = {"f64": "F64", "f32": "F32", "f16": "F16", "bf16": "BF16", "f8e4m3": "F8_E4M3",
+                      "f8e5m2": "F8_E5M2", "i64": "I64", "i32": "I32", "i16": "I16", "i8": "I8", "u32": "U32",
+                      "u16": "U16", "u8": "U8", "bool": "BOOL"}
+
+
 def save_weights(module, path: Path) -> int:
-    """Write the data of every constant of `module` to `path` (atomically); returns bytes written."""
-    from safetensors.numpy import save_file
-    arrays = {}
+    """Write the data of every constant of `module` to `path` (atomically); returns bytes written.
+
+    The safetensors library only writes from a dict of arrays held in memory at once; this writes
+    the same format one tensor at a time, so peak memory is the largest tensor, not the model."""
+    header, offset = {}, 0
     for name, decl in module.constants.items():
-        array = module.weights.get(name)
-        if tuple(array.shape) != decl.type.shape:
-            raise QirError(f"constant @{name}: data has shape {tuple(array.shape)}, declared {decl.type}")
-        arrays[name] = np.ascontiguousarray(array.astype(decl.type.np_dtype, copy=False))
+        if decl.type.dtype not in SAFETENSORS_DTYPES:
+            raise QirError(f"constant @{name}: {decl.type.dtype} cannot be stored in .safetensors")
+        nbytes = decl.type.size * decl.type.np_dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[decl.type.dtype], "shape": list(decl.type.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     try:
-        save_file(arrays, str(tmp))
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(encoded)) + encoded)
+            for name, decl in module.constants.items():
+                array = module.weights.get(name)
+                if tuple(array.shape) != decl.type.shape:
+                    raise QirError(f"constant @{name}: data has shape {tuple(array.shape)}, declared {decl.type}")
+                f.write(np.ascontiguousarray(array.astype(decl.type.np_dtype, copy=False)).tobytes())
         os.chmod(tmp, 0o644)  # an ordinary readable file, like the other outputs
         os.replace(tmp, path)
     finally:
