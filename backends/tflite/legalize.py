@@ -261,7 +261,42 @@ def lower_masked_fill(lz: Legalizer, op: Op) -> Value:
     return append_tfl(lz.b, "tfl.select_v2", cond, x, fill, quant=spec, name=op.results[0].name)
 
 
+def lower_rope(lz: Legalizer, op: Op) -> Value:
+    """x·cos + rotate(x)·sin with rotate as slices and a concatenation (pure data movement, so it
+    keeps x's spec); the sign of rotate's negated half moves into a constant signed sine table.
+    |x·cos| and |rotate(x)·sin| never exceed |x|, so both products take x's spec."""
+    x = lz.get(op.operands[0])
+    dtype, name = x.type.dtype, op.results[0].name
+    cos = lz.src.weights.get(op.operands[1].name).astype(np.float32)
+    sin = lz.src.weights.get(op.operands[2].name).astype(np.float32)
+    shape, rank, half = x.type.shape, x.type.rank, x.type.shape[-1] // 2
+
+    def window(value, begin_last, end_last, label):
+        begin = [0] * (value.type.rank - 1) + [begin_last]
+        end = list(value.type.shape[:-1]) + [end_last]
+        return append_tfl(lz.b, "tfl.strided_slice", value, quant=value.quant, name=f"{name}.{label}",
+                          begin=begin, end=end, strides=[1] * value.type.rank)
+
+    if op.attrs["layout"] == "half":
+        rotated = append_tfl(lz.b, "tfl.concatenation", window(x, half, 2 * half, "hi"), window(x, 0, half, "lo"),
+                             quant=x.quant, name=name + ".rot", axis=rank - 1)
+        signed_sin = np.concatenate([-sin[:, :half], sin[:, half:]], axis=-1)
+    else:
+        pairs = append_tfl(lz.b, "tfl.reshape", x, quant=x.quant, name=name + ".pairs",
+                           shape=list(shape[:-1]) + [half, 2])
+        swapped = append_tfl(lz.b, "tfl.concatenation", window(pairs, 1, 2, "odd"), window(pairs, 0, 1, "even"),
+                             quant=x.quant, name=name + ".swap", axis=rank)
+        rotated = append_tfl(lz.b, "tfl.reshape", swapped, quant=x.quant, name=name + ".rot", shape=list(shape))
+        signed_sin = sin * np.tile(np.asarray([-1.0, 1.0], np.float32), half)
+    cos_q = lz.constant(op.operands[1].name, cos, symmetric_spec(cos, dtype))
+    sin_q = lz.constant(op.operands[2].name + ".signed", signed_sin, symmetric_spec(signed_sin, dtype))
+    a = append_tfl(lz.b, "tfl.mul", x, cos_q, quant=x.quant, name=name + ".cos")
+    b = append_tfl(lz.b, "tfl.mul", rotated, sin_q, quant=x.quant, name=name + ".sin")
+    return lz.emit("tfl.add", [a, b], op.results[0], dtype)
+
+
 RULES = {
+    "q.rope": lower_rope,
     "q.silu": lower_silu, "q.sigmoid": lower_sigmoid, "q.tanh": lower_table_activation,
     "q.gelu": lower_table_activation, "q.masked_fill": lower_masked_fill,
     "q.linear": lower_linear,
