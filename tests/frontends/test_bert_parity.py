@@ -8,6 +8,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 import qir
+from tests.frontends.reference_init import widen_weights
 from tests.frontends.checkpoint_edits import delete_tensor, edit_config
 from qir.weights import SafetensorsEntry
 
@@ -22,15 +23,7 @@ def tiny_bert(seed: int = 0) -> BertModel:
                         intermediate_size=48, max_position_embeddings=40, type_vocab_size=2,
                         hidden_act="gelu", attn_implementation="eager")
     model = BertModel(config, add_pooling_layer=False).eval()
-    # The default init (std 0.02) gives near-uniform attention, which would hide masking bugs:
-    # larger weights make every token matter.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "LayerNorm.weight" in name:
-                param.copy_(1 + 0.2 * torch.randn_like(param))
-            else:
-                param.normal_(0.0, 0.3 if param.ndim == 2 else 0.1)
-    return model
+    return widen_weights(model, "LayerNorm.weight", norm_spread=0.2, matrix_std=0.3)
 
 
 @pytest.fixture(scope="module")

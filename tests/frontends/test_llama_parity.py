@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig as HFLlamaConfig, Qwen2Config
 
 import qir
+from tests.frontends.reference_init import widen_weights
 from tests.frontends.checkpoint_edits import delete_tensor, edit_config
 from frontends.hf import read_config, read_safetensors
 from frontends.llama import (LlamaConfig, build_llama, permute_for_interleaved_rope,
@@ -41,15 +42,7 @@ CASES = {
 def random_model(case: str, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(CASES[case](), attn_implementation="eager", dtype=torch.float32)
-    # The default init (std 0.02, unit norms) gives near-uniform attention and near-zero logits,
-    # which would hide masking or rotary bugs: larger weights make every token and position matter.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.copy_(1 + 0.3 * torch.randn_like(param))
-            else:
-                param.normal_(0.0, 0.15 if param.ndim == 2 else 0.1)
-    return model.eval()
+    return widen_weights(model, "norm", norm_spread=0.3, matrix_std=0.15).eval()
 
 
 def random_tokens(vocab: int, seed: int = 1) -> np.ndarray:
