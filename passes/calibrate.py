@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from qir import Interpreter, Module, Pass, PassContext, PassResult, QirError
+from qir.calibration_data import INPUTS_KEY
 from qir.evaluate import progress_bar
 from qir.stats import ValueStats
 
-INPUTS_KEY = "calibration_inputs"  # ctx.data entry: a list of input tuples for the main function
 STATS_KEY = "calibration"  # ctx.data entry written here: {value name: ValueStats}
 HISTOGRAM_SAMPLE = 1 << 18  # elements per value and sample that enter its histogram
 

@@ -11,6 +11,7 @@ from qir.frontend import LoadedModel
 from qir.text import pydoc_text, sentences
 
 SENTENCE_SKIP = 1000
+INPUTS_KEY = "calibration_inputs"  # PassContext.data entry the calibrate pass reads: a list of input tuples
 
 
 def calibration_inputs(loaded: LoadedModel, samples: int, text: str | None = None) -> list[tuple]:

@@ -47,11 +47,10 @@ def body(argv) -> int:
     from qir.summary import human_bytes, module_table
     from qir.verifier import verify
     from qir.backend import get_backend
-    from qir.calibration_data import calibration_file_inputs, calibration_inputs
+    from qir.calibration_data import INPUTS_KEY, calibration_file_inputs, calibration_inputs
     from qir.passes import PassContext
     from qir.quant_report import bits_of, report_table, sqnr_by_value, write_report
     from qir.weights import save_weights
-    INPUTS_KEY = "calibration_inputs"  # where the calibrate pass looks for its inputs
 
     args = build_parser().parse_args(argv)
     if args.seq_len < 1 or args.calibration_samples < 1 or args.report_samples < 0:
