@@ -117,6 +117,8 @@ def _options(op: Op):
             beginMask=0, endMask=0, ellipsisMask=0, newAxisMask=0, shrinkAxisMask=0, offset=False)
     if name == "tfl.gelu":
         return fb.BuiltinOptions.GeluOptions, fb.GeluOptionsT(approximate=a["approximate"])
+    if name == "tfl.not_equal":
+        return fb.BuiltinOptions.NotEqualOptions, fb.NotEqualOptionsT()
     return fb.BuiltinOptions.NONE, None
 
 

@@ -12,7 +12,9 @@ def support_table() -> str:
         cls = OP_REGISTRY[name]
         marks = ["yes" if d in cls.dtypes else "no" for d in ("i8", "i16")]
         rounding = getattr(cls, "rounding_by_dtype", None)
-        if rounding:
+        if getattr(cls, "support_note", ""):
+            text = cls.support_note
+        elif rounding:
             text = ", ".join(f"{d}: {rounding[d]}" for d in ("i8", "i16") if d in rounding)
         else:
             text = "none (integers move unchanged)" if not cls.params else "see below"
