@@ -5,6 +5,7 @@ The metadata becomes a `LlamaConfig`, the tensors lazy float32 sources under Hug
 vocabulary in the metadata by transformers' GGUF tokenizer support."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import cache
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from qir import Frontend, LoadedModel, QirError
+from qir.frontend import kept_layers
 from qir.weights import WeightStore
 
 from frontends.llama import LlamaConfig, hf_tensor_shapes, loaded_llama, unpermute_from_interleaved_rope
@@ -227,7 +229,7 @@ class GGUFFrontend(Frontend):
         with open(path, "rb") as f:
             return f.read(4) == GGUF_MAGIC
 
-    def load(self, path: Path, seq_len: int = 256) -> LoadedModel:
+    def load(self, path: Path, seq_len: int = 256, layers: int | None = None) -> LoadedModel:
         path = Path(path)
         reader = open_reader(path)
         arch = read_field(reader, "general.architecture", path=path)
@@ -237,6 +239,7 @@ class GGUFFrontend(Frontend):
         tensor_names = {t.name for t in reader.tensors}
         config = llama_config(reader, path, arch, tensor_names)
         weights = llama_weights(reader, path, config)
+        config = dataclasses.replace(config, num_layers=kept_layers(config.num_layers, layers, path))
         tokenizer, add_bos = gguf_tokenizer(reader, path, arch)
         bos = read_field(reader, "tokenizer.ggml.bos_token_id", None, path)
         eos = read_field(reader, "tokenizer.ggml.eos_token_id", None, path)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from qir import Frontend, LoadedModel, QirError
+from qir.frontend import kept_layers
 from qir.weights import WeightStore
 
 # model_type -> "module:function" of the family builder; each takes (config dict, WeightStore,
@@ -60,8 +61,10 @@ class HFFrontend(Frontend):
     def can_load(self, path: Path) -> bool:
         return path.is_dir() and (path / "config.json").exists()
 
-    def load(self, path: Path, seq_len: int = 256) -> LoadedModel:
+    def load(self, path: Path, seq_len: int = 256, layers: int | None = None) -> LoadedModel:
         config = read_config(path)
+        if layers is not None and isinstance(config.get("num_hidden_layers"), int):
+            config["num_hidden_layers"] = kept_layers(config["num_hidden_layers"], layers, path)
         model_type = config.get("model_type")
         if model_type not in ARCHITECTURES:
             raise QirError(f"unsupported architecture '{model_type}' in {path / 'config.json'}; "

@@ -15,6 +15,9 @@ class Backend:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # passes the target needs before calibration (e.g. decomposing ops it runs as several kernels,
+    # so that each intermediate is calibrated); qir-compile inserts them in front of `calibrate`
+    prepare_pipeline: ClassVar[str] = ""
 
     def legalize(self, module: Module) -> Module:
         raise NotImplementedError

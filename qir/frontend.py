@@ -48,8 +48,19 @@ class Frontend:
     def can_load(self, path: Path) -> bool:
         raise NotImplementedError
 
-    def load(self, path: Path, seq_len: int = DEFAULT_SEQ_LEN) -> LoadedModel:
+    def load(self, path: Path, seq_len: int = DEFAULT_SEQ_LEN, layers: int | None = None) -> LoadedModel:
+        """`layers`: keep only the first N blocks (see `kept_layers`)."""
         raise NotImplementedError
+
+
+def kept_layers(total: int, layers: int | None, path: Path) -> int:
+    """How many blocks to build: all, or the first `layers` of them (a quick look at a large model,
+    or a small graph of real weights for a slow simulator)."""
+    if layers is None:
+        return total
+    if not 1 <= layers <= total:
+        raise QirError(f"{path}: cannot keep {layers} layers; the model has {total}")
+    return layers
 
 
 def frontends() -> list[Frontend]:
@@ -78,14 +89,17 @@ def resolve_model_path(model: str | None) -> Path:
     return path
 
 
-def load_model(model: str | Path | None = None, seq_len: int = DEFAULT_SEQ_LEN) -> LoadedModel:
+def load_model(model: str | Path | None = None, seq_len: int = DEFAULT_SEQ_LEN,
+               layers: int | None = None) -> LoadedModel:
     path = resolve_model_path(None if model is None else str(model))
     if path.suffix == ".qir":
+        if layers is not None:
+            raise QirError(f"{path}: a .qir file is loaded as written; --layers applies to checkpoints")
         return load_qir(path)
     available = frontends()
     for frontend in available:
         if frontend.can_load(path):
-            return frontend.load(path, seq_len)
+            return frontend.load(path, seq_len, layers)
     known = "; ".join(f"{f.name}: {f.description}" for f in available) or "none installed"
     raise QirError(f"unknown model format: {path} (formats: .qir text; {known})")
 

@@ -68,6 +68,15 @@ def load_builtin_passes() -> None:
     load_group("qir.passes")
 
 
+def before_calibration(passes: list[Pass], extra: list[Pass]) -> list[Pass]:
+    """`passes` with `extra` inserted in front of the first `calibrate` (unchanged without one)."""
+    names = [p.name for p in passes]
+    if "calibrate" not in names:
+        return passes
+    at = names.index("calibrate")
+    return passes[:at] + extra + passes[at:]
+
+
 _STEP = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
 
 

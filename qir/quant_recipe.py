@@ -26,13 +26,18 @@ from qir.stats import OBSERVERS
 SUPPORTED_BITS = {"weights": (4, 8), "activations": (8, 16), "constants": (8, 16)}
 SECTION_KEYS = {"weights": {"bits", "block"}, "activations": {"bits", "observer", "percentile"},
                 "constants": {"bits"}}
-OVERRIDE_KEYS = {"match", "producer", "consumer", "weights", "activations", "constants", "skip"}
+OVERRIDE_KEYS = {"match", "producer", "consumer", "feeds", "weights", "activations", "constants", "skip"}
 
 # Tensors that must stay wide under 8-bit activations: the residual stream and norm inputs
 # (massive activations), and softmax input/output (attention scores reach softmax through a
 # masked_fill, whose input is the softmax input too).
+NORM_INTERNALS = r".*\.norm_[a-z]+\d*"  # passes/decompose_norms.py names them so
+
 WIDE_TENSORS = [
     {"consumer": "q.rms_norm", "activations": {"bits": 16}},
+    # a norm decomposed by decompose-norms: its internals and its input
+    {"match": NORM_INTERNALS, "activations": {"bits": 16}},
+    {"feeds": NORM_INTERNALS, "activations": {"bits": 16}},
     {"consumer": "q.layer_norm", "activations": {"bits": 16}},
     {"consumer": "q.softmax", "activations": {"bits": 16}},
     {"consumer": "q.masked_fill", "activations": {"bits": 16}},
@@ -52,6 +57,7 @@ class Override:
     match: re.Pattern | None
     producer: str | None
     consumer: str | None
+    feeds: re.Pattern | None  # matches the name of a value this tensor is an operand of
     settings: dict
     skip: bool
 
@@ -65,7 +71,7 @@ class QuantRecipe:
     overrides: list[Override] = field(default_factory=list)
 
     def settings_for(self, section: str, name: str, producer: str | None = None,
-                     consumers: tuple[str, ...] = ()) -> dict | None:
+                     consumers: tuple[str, ...] = (), feeds: tuple[str, ...] = ()) -> dict | None:
         """The effective settings of one tensor; None when an override leaves it float.
         Later overrides win over earlier ones."""
         settings = dict(getattr(self, section))
@@ -75,6 +81,8 @@ class QuantRecipe:
             if o.producer is not None and o.producer != producer:
                 continue
             if o.consumer is not None and o.consumer not in consumers:
+                continue
+            if o.feeds is not None and not any(o.feeds.fullmatch(f) for f in feeds):
                 continue
             if o.skip:
                 return None
@@ -105,6 +113,13 @@ def _check_section(where: str, section: str, values) -> dict:
     return dict(values)
 
 
+def _regex(where: str, text: str | None) -> re.Pattern | None:
+    try:
+        return re.compile(text) if text is not None else None
+    except re.error as exc:
+        raise QirError(f"{where}: bad regex {text!r}: {exc}") from None
+
+
 def recipe_from_dict(name: str, data: dict) -> QuantRecipe:
     if not isinstance(data, dict):
         raise QirError(f"recipe {name}: must be a JSON object")
@@ -126,18 +141,15 @@ def recipe_from_dict(name: str, data: dict) -> QuantRecipe:
         if set(item) - OVERRIDE_KEYS:
             raise QirError(f"{where}: unknown key(s) {', '.join(sorted(set(item) - OVERRIDE_KEYS))} "
                            f"(valid: {', '.join(sorted(OVERRIDE_KEYS))})")
-        for key in ("match", "producer", "consumer"):
+        for key in ("match", "producer", "consumer", "feeds"):
             if key in item and not isinstance(item[key], str):
-                what = "a regular expression" if key == "match" else "an op name like q.softmax"
+                what = "a regular expression" if key in ("match", "feeds") else "an op name like q.softmax"
                 raise QirError(f"{where}: '{key}' must be {what}, got {item[key]!r}")
         if not isinstance(item.get("skip", False), bool):
             raise QirError(f"{where}: 'skip' must be true or false, got {item['skip']!r}")
-        try:
-            pattern = re.compile(item["match"]) if "match" in item else None
-        except re.error as exc:
-            raise QirError(f"{where}: bad regex {item['match']!r}: {exc}") from None
+        pattern, feeds = (_regex(where, item.get(key)) for key in ("match", "feeds"))
         settings = {s: _check_section(where, s, item[s]) for s in SECTION_KEYS if s in item}
-        overrides.append(Override(pattern, item.get("producer"), item.get("consumer"), settings,
+        overrides.append(Override(pattern, item.get("producer"), item.get("consumer"), feeds, settings,
                                   bool(item.get("skip", False))))
     return QuantRecipe(name, sections["weights"], sections["activations"], sections["constants"], overrides)
 

@@ -10,6 +10,7 @@ from qir.ir import Module
 class TFLiteBackend(Backend):
     name = "tflite"
     description = "fully integer TFLite for LiteRT (CPU / XNNPACK)"
+    prepare_pipeline = "decompose-norms"  # TFLite has no norm kernel: MUL, MEAN, ADD, RSQRT
 
     def legalize(self, module: Module) -> Module:
         from backends.tflite.legalize import legalize_tflite

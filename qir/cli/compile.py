@@ -34,6 +34,8 @@ def build_parser() -> ArgumentParser:
                         help="inputs the quantization report (SQNR per value) runs on (default 2; 0 skips it)")
     parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
                         help=f"static sequence length L of the lowered functions (default: {DEFAULT_SEQ_LEN})")
+    parser.add_argument("--layers", type=int, help="keep only the first N blocks of the model (quick looks, small "
+                                                   "test graphs of real weights)")
     add_pass_manager_flags(parser)
     return parser
 
@@ -48,7 +50,7 @@ def body(argv) -> int:
     from qir.verifier import verify
     from qir.backend import get_backend
     from qir.calibration_data import INPUTS_KEY, calibration_file_inputs, calibration_inputs
-    from qir.passes import PassContext
+    from qir.passes import PassContext, before_calibration, parse_pipeline
     from qir.quant_report import bits_of, report_table, sqnr_by_value, write_report
     from qir.weights import save_weights
 
@@ -57,10 +59,13 @@ def body(argv) -> int:
         raise QirError("--seq-len and --calibration-samples must be positive, --report-samples not negative")
     pipeline = args.pipeline if args.pipeline is not None else recipe_pipeline(args.recipe or DEFAULT_RECIPE)
     manager = make_pass_manager(args, pipeline)
+    backend = get_backend(args.target) if args.target else None
+    if backend is not None and backend.prepare_pipeline:
+        manager.passes = before_calibration(manager.passes, parse_pipeline(backend.prepare_pipeline))
 
     start = time.perf_counter()
     with console.status("loading and lowering the model"):
-        loaded = load_model(args.model, seq_len=args.seq_len)
+        loaded = load_model(args.model, seq_len=args.seq_len, layers=args.layers)
         verify(loaded.module)
     lowered = time.perf_counter() - start
     module = loaded.module
@@ -77,8 +82,7 @@ def body(argv) -> int:
             report = (sqnr_by_value(module, inputs[:args.report_samples]), bits_of(module))
 
     backend_module = None
-    if args.target:
-        backend = get_backend(args.target)
+    if backend is not None:
         with console.status(f"legalizing for {args.target}"):
             backend_module = backend.legalize(module)  # errors surface here, before any file is written
 

@@ -27,6 +27,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--mode", choices=("auto", "float", "fake-quant"), default="auto",
                         help="interpreter mode; auto: fake-quant for a quantized model (compared with its float "
                              "self: KL, top-1, cosine), float otherwise")
+    parser.add_argument("--layers", type=int, help="keep only the first N blocks of the model")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
     return parser
 
@@ -43,7 +44,7 @@ def body(argv) -> int:
         raise QirError("--tokens and --context must be at least 2, --sentences at least 1")
     text = load_text(args.text)
     with console.status("loading the model"):
-        loaded = load_model(args.model, seq_len=args.context)
+        loaded = load_model(args.model, seq_len=args.context, layers=args.layers)
     name = args.model or DEFAULT_MODEL
     mode = args.mode if args.mode != "auto" else ("fake-quant" if loaded.module.is_quantized() else "float")
     model_run = Interpreter(loaded.module, mode=mode)

@@ -86,6 +86,15 @@ class Tanh(UnaryOp):
         return jnp.tanh(x)
 
 
+class Rsqrt(UnaryOp):
+    """1 / sqrt(x): the scale of a decomposed norm (see passes/decompose_norms.py)."""
+
+    name = "q.rsqrt"
+
+    def jax(self, x):
+        return jax.lax.rsqrt(x)
+
+
 class MaskedFill(Op):
     """Where `mask` is zero, replace `x` by the finite constant `value`.
 
