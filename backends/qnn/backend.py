@@ -1,0 +1,24 @@
+"""The `qnn` target: legalize a quantized module into the form HTP runs in fixed point and write
+it as QDQ ONNX (model.onnx), which onnxruntime-qnn runs on HTP."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qir.backend import Backend
+from qir.ir import Module
+
+
+class QNNBackend(Backend):
+    name = "qnn"
+    description = "QDQ ONNX for Qualcomm HTP (onnxruntime-qnn)"
+
+    def legalize(self, module: Module) -> Module:
+        from backends.qnn.legalize import legalize_qnn
+        return legalize_qnn(module)
+
+    def emit(self, module: Module, outdir: Path) -> list[Path]:
+        from backends.qnn.emit import emit_onnx
+        model = emit_onnx(module)
+        path = Path(outdir) / "model.onnx"
+        path.write_bytes(model.SerializeToString())
+        return [path]

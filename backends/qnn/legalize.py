@@ -1,0 +1,358 @@
+"""Legalize a quantized `q.` module into the form HTP runs in fixed point: still core ops (plus
+`qnn.convert`), but every value in the quant spec the emitted QDQ graph gives it.
+
+What changes, and why (each measured in onnxruntime-qnn's HTP simulator, see docs/qnn-backend.md):
+- activations are unsigned (u8, u16): the same grid as qir's signed specs, zero point + 2^(b-1);
+- each op runs in one width, 16 bit when its result or any activation operand is 16 bit; an
+  operand of the other width gets an explicit `qnn.convert` (HTP runs a u8 x u8 -> u16 MatMul in
+  float, and converts a u16 x u16 MatMul's second operand to u8 behind the user's back);
+- a 16-bit MatMul of two activations takes its second operand as s16 with zero point 0, which
+  HTP runs natively (u16 x s16);
+- silu is sigmoid then mul; sigmoid's output has the fixed spec [0, 1];
+- a linear with a bias is a Gemm, so it runs on 2-D inputs (reshapes around it);
+- weights stay int8 per output channel; 4-bit weights per channel keep their grid in int8.
+
+The fake-quant interpreter run on the result is the QDQ reference the emitted graph must match."""
+from __future__ import annotations
+
+import numpy as np
+
+from backends.qnn.dialect import Convert  # noqa: F401  (registers qnn.convert)
+from qir.builder import Builder
+from qir.errors import QirError
+from qir.ir import Module, Op, Value
+from qir.quant import QuantSpec
+from qir.verifier import verify
+
+SIGMOID_OUTPUT = {8: QuantSpec(8, False, scale=(1 / 255,), zero_point=(0,)),
+                  16: QuantSpec(16, False, scale=(1 / 65535,), zero_point=(0,))}
+
+
+def where(op: Op) -> str:
+    return f"{op.location[0]}:{op.location[1]}:{op.location[2]}: " if op.location else ""
+
+
+def need_spec(value: Value) -> QuantSpec:
+    spec = value.quant
+    if spec is None:
+        raise QirError(f"qnn: %{value.name} has no quant spec; quantize the module first (e.g. --recipe a16w8)")
+    if spec.scheme != "per-tensor" or isinstance(spec.scale, str) or isinstance(spec.zero_point, str) \
+            or spec.bits not in (8, 16):
+        raise QirError(f"qnn: activation %{value.name} needs a per-tensor 8- or 16-bit spec, has {spec}")
+    return spec
+
+
+def unsigned(spec: QuantSpec) -> QuantSpec:
+    """The unsigned spec on the same grid (HTP's activations are u8 / u16)."""
+    if not spec.signed:
+        return spec
+    half = 1 << (spec.bits - 1)
+    return QuantSpec(spec.bits, False, scale=spec.scale, zero_point=(spec.zero_point[0] + half,))
+
+
+def real_range(spec: QuantSpec) -> tuple[float, float]:
+    s, z = spec.scale[0], spec.zero_point[0]
+    return s * (spec.qmin - z), s * (spec.qmax - z)
+
+
+def in_width(spec: QuantSpec, bits: int) -> QuantSpec:
+    """An unsigned spec of `bits` bits covering the same real range as `spec`."""
+    spec = unsigned(spec)
+    if spec.bits == bits:
+        return spec
+    lo, hi = real_range(spec)
+    scale = (hi - lo) / ((1 << bits) - 1)
+    zero = int(np.clip(round(-lo / scale), 0, (1 << bits) - 1))
+    return QuantSpec(bits, False, scale=(scale,), zero_point=(zero,))
+
+
+def signed16(spec: QuantSpec) -> QuantSpec:
+    """s16 with zero point 0 covering `spec`'s range (a qir int16 spec is already one)."""
+    if spec.bits == 16 and spec.signed and spec.zero_point[0] == 0:
+        return spec
+    lo, hi = real_range(spec)
+    if spec.bits == 16 and not spec.signed and spec.zero_point[0] == 32768:
+        return QuantSpec(16, True, scale=spec.scale, zero_point=(0,))
+    return QuantSpec(16, True, scale=(max(abs(lo), abs(hi)) / 32767,), zero_point=(0,))
+
+
+def symmetric(data: np.ndarray, bits: int) -> QuantSpec:
+    """An unsigned spec symmetric around zero for a constant operand."""
+    amax = float(np.abs(data).max()) or 1.0
+    half = 1 << (bits - 1)
+    return QuantSpec(bits, False, scale=(amax / (half - 1),), zero_point=(half,))
+
+
+class Legalizer:
+    def __init__(self, module: Module):
+        self.src = module
+        self.dst = Module(module.name, {k: v for k, v in module.attrs.items() if k != "weights"})
+        self.env: dict[int, Value] = {}
+
+    # -- values and constants ---------------------------------------------------------------------
+    def get(self, value: Value) -> Value:
+        if value.is_constant:
+            raise QirError(f"qnn: constant @{value.name} is used where HTP needs an activation")
+        return self.env[id(value)]
+
+    def constant(self, name: str, data: np.ndarray, spec: QuantSpec | None) -> Value:
+        unique = name
+        i = 1
+        while unique in self.dst.constants:
+            unique, i = f"{name}.{i}", i + 1
+        self.dst.add_constant(unique, np.ascontiguousarray(data), quant=spec)
+        return self.b.func.constant(unique)
+
+    def src_data(self, value: Value) -> np.ndarray:
+        return self.src.weights.get(value.name)
+
+    def convert(self, value: Value, spec: QuantSpec, name: str) -> Value:
+        if value.quant == spec:
+            return value
+        return self.op("qnn.convert", [value], spec, name)
+
+    def operand(self, value: Value, bits: int, name: str) -> Value:
+        """An operand of an op running in `bits`: an activation converted to that width, or a
+        constant quantized symmetrically in it (on qir's grid when its spec has that width)."""
+        if value.is_constant:
+            data = self.src_data(value).astype(np.float32)
+            spec = value.quant
+            if spec is not None and spec.scheme == "per-tensor" and spec.bits == bits \
+                    and not isinstance(spec.scale, str):
+                return self.constant(value.name, data, unsigned(spec))
+            return self.constant(value.name, data, symmetric(data, bits))
+        v = self.get(value)
+        return self.convert(v, in_width(v.quant, bits), name + ".cvt")
+
+    def op(self, op_name: str, operands: list[Value], spec: QuantSpec | None, name: str, **attrs) -> Value:
+        result = self.b.op(op_name, *operands, name=name, **attrs)
+        result.quant = spec
+        return result
+
+    def finish(self, value: Value, result: Value) -> Value:
+        """Bring an op's output to the (unsigned) spec the q module gives its result."""
+        return self.convert(value, unsigned(need_spec(result)), result.name + ".cvt")
+
+    def width(self, op: Op) -> int:
+        """16 when the result or any activation operand is 16 bit, else 8."""
+        specs = [need_spec(op.results[0])] + [self.get(v).quant for v in op.operands
+                                              if not v.is_constant and self.get(v).quant is not None]
+        return 16 if any(s.bits == 16 for s in specs) else 8
+
+    # -- the module -------------------------------------------------------------------------------
+    def run(self) -> Module:
+        if len(self.src.functions) != 1:
+            raise QirError(f"qnn: one function per model is lowered today; the module has "
+                           f"{', '.join('@' + f for f in self.src.functions)}")
+        func = self.src.main
+        self.b = Builder.new_function(self.dst, func.name)
+        for arg in func.args:
+            if any(d == 0 for d in arg.type.shape):
+                raise QirError(f"qnn: input %{arg.name} has an empty dimension {arg.type}")
+            spec = unsigned(need_spec(arg)) if arg.type.is_float else None
+            self.env[id(arg)] = self.b.func.add_arg(arg.name, arg.type, spec)
+        for op in func.ops:
+            rule = RULES.get(op.name)
+            if rule is None:
+                raise QirError(f"{where(op)}qnn: {op.name} (%{op.results[0].name}) has no HTP lowering; "
+                               f"lowered ops: {', '.join(sorted(RULES))}")
+            try:
+                self.env[id(op.results[0])] = rule(self, op)
+            except QirError as exc:
+                message = str(exc)
+                if op.location and not message.startswith(where(op)):
+                    message = where(op) + message
+                raise QirError(message) from None
+        self.b.ret(*(self.get(v) for v in func.outputs))
+        return self.dst
+
+
+# -- rules: one per q op ---------------------------------------------------------------------------
+
+def lower_linear(lz: Legalizer, op: Op) -> Value:
+    x, w = op.operands[0], op.operands[1]
+    name = op.results[0].name
+    if not w.is_constant:
+        raise QirError(f"qnn: q.linear %{name} needs a constant weight")
+    wspec = w.quant
+    if wspec is None or wspec.axis != 0 or wspec.bits not in (4, 8):
+        raise QirError(f"qnn: weight @{w.name} of %{name} needs an int8 (or int4) spec per output channel "
+                       f"(axis 0), has {wspec}")
+    if wspec.block_size is not None:
+        raise QirError(f"qnn: weight @{w.name} of %{name} is quantized in blocks of {wspec.block_size}; HTP runs "
+                       "4-bit blocks correctly only in the LPBQ pattern, which is not lowered yet "
+                       "(plain blockwise DequantizeLinear is accepted and silently wrong)")
+    bits = lz.width(op)
+    xv = lz.operand(x, bits, name + ".x")
+    scales = lz.src.weights.get(wspec.scale) if isinstance(wspec.scale, str) else np.asarray(wspec.scale)
+    scales = np.broadcast_to(np.asarray(scales, np.float32).reshape(-1), (w.type.shape[0],)).copy()
+    scale_ref = lz.constant(w.name + ".scale", scales, None)
+    weight = lz.constant(w.name, lz.src_data(w).astype(np.float32),
+                         QuantSpec(wspec.bits, True, scale=scale_ref.name, zero_point=(0,), axis=0))
+    out_spec = in_width(need_spec(op.results[0]), bits)
+    if len(op.operands) == 2:
+        return lz.finish(lz.op("q.linear", [xv, weight], out_spec, name), op.results[0])
+    # Gemm: int32 bias at scale s_x * s_w per output channel, on 2-D inputs
+    bias_scales = (np.float32(xv.quant.scale[0]) * scales).astype(np.float32)
+    bias_scale_ref = lz.constant(op.operands[2].name + ".scale", bias_scales, None)
+    bias = lz.constant(op.operands[2].name, lz.src_data(op.operands[2]).astype(np.float32),
+                       QuantSpec(32, True, scale=bias_scale_ref.name, zero_point=(0,), axis=0))
+    shape = xv.type.shape
+    if len(shape) != 2:
+        xv = lz.op("q.reshape", [xv], xv.quant, name + ".2d", shape=(int(np.prod(shape[:-1])), shape[-1]))
+    y = lz.op("q.linear", [xv, weight, bias], out_spec, name)
+    if len(shape) != 2:
+        y = lz.op("q.reshape", [y], out_spec, name + ".nd", shape=op.results[0].type.shape)
+    return lz.finish(y, op.results[0])
+
+
+def lower_matmul(lz: Legalizer, op: Op) -> Value:
+    """Two activations: u16 x s16 (or u8 x u8); transpose_b becomes an explicit transpose."""
+    name = op.results[0].name
+    bits = lz.width(op)
+    a = lz.operand(op.operands[0], bits, name + ".a")
+    b_src = op.operands[1]
+    if b_src.is_constant:
+        data = lz.src_data(b_src).astype(np.float32)
+        b = lz.constant(b_src.name, data, signed16(symmetric(data, 16)) if bits == 16 else symmetric(data, 8))
+    else:
+        v = lz.get(b_src)
+        b = lz.convert(v, signed16(v.quant) if bits == 16 else in_width(v.quant, 8), name + ".b.cvt")
+    if op.attrs["transpose_b"]:
+        perm = list(range(b.type.rank))
+        perm[-2:] = perm[-1], perm[-2]
+        b = lz.op("q.transpose", [b], b.quant, name + ".bt", perm=perm)
+    y = lz.op("q.matmul", [a, b], in_width(need_spec(op.results[0]), bits), name)
+    return lz.finish(y, op.results[0])
+
+
+def lower_elementwise(lz: Legalizer, op: Op) -> Value:
+    """add, sub, mul, relu, gelu, tanh: every operand in the op's width, the result's spec in it."""
+    name = op.results[0].name
+    bits = lz.width(op)
+    operands = [lz.operand(v, bits, f"{name}.{i}") for i, v in enumerate(op.operands)]
+    y = lz.op(op.name, operands, in_width(need_spec(op.results[0]), bits), name, **dict(op.attrs))
+    return lz.finish(y, op.results[0])
+
+
+def lower_sigmoid(lz: Legalizer, op: Op) -> Value:
+    name = op.results[0].name
+    bits = lz.width(op)
+    x = lz.operand(op.operands[0], bits, name + ".x")
+    return lz.finish(lz.op("q.sigmoid", [x], SIGMOID_OUTPUT[bits], name), op.results[0])
+
+
+def lower_silu(lz: Legalizer, op: Op) -> Value:
+    """x * sigmoid(x): ONNX has no SiLU, HTP runs the pair."""
+    name = op.results[0].name
+    bits = lz.width(op)
+    x = lz.operand(op.operands[0], bits, name + ".x")
+    gate = lz.op("q.sigmoid", [x], SIGMOID_OUTPUT[bits], name + ".sigmoid")
+    y = lz.op("q.mul", [x, gate], in_width(need_spec(op.results[0]), bits), name)
+    return lz.finish(y, op.results[0])
+
+
+def lower_softmax(lz: Legalizer, op: Op) -> Value:
+    name = op.results[0].name
+    x = lz.get(op.operands[0])
+    if op.attrs["axis"] not in (-1, x.type.rank - 1):
+        raise QirError(f"qnn: q.softmax %{name} must run over the last axis")
+    bits = lz.width(op)
+    x = lz.operand(op.operands[0], bits, name + ".x")
+    y = lz.op("q.softmax", [x], in_width(need_spec(op.results[0]), bits), name, axis=-1)
+    return lz.finish(y, op.results[0])
+
+
+def lower_masked_fill(lz: Legalizer, op: Op) -> Value:
+    """Where(mask, x, fill) with x, the fill and the result in one spec: the fill saturates at the
+    bottom of the range instead of widening it."""
+    name = op.results[0].name
+    spec = unsigned(need_spec(op.results[0]))
+    x = lz.convert(lz.get(op.operands[0]), spec, name + ".x.cvt")
+    mask = op.operands[1]
+    if mask.is_constant:
+        cond = lz.constant(mask.name, lz.src_data(mask) != 0, None)
+    elif mask.type.dtype == "bool":
+        cond = lz.get(mask)
+    else:
+        raise QirError(f"qnn: q.masked_fill %{name} needs a constant or boolean mask, got %{mask.name}: {mask.type}")
+    return lz.op("q.masked_fill", [x, cond], spec, name, value=op.attrs["value"])
+
+
+def lower_move(lz: Legalizer, op: Op) -> Value:
+    """reshape, transpose, slice: the integers move unchanged, so the result keeps the input's spec."""
+    x = lz.get(op.operands[0])
+    y = lz.op(op.name, [x], x.quant, op.results[0].name, **dict(op.attrs))
+    return lz.finish(y, op.results[0])
+
+
+def lower_concat(lz: Legalizer, op: Op) -> Value:
+    name = op.results[0].name
+    spec = unsigned(need_spec(op.results[0]))
+    parts = []
+    for i, v in enumerate(op.operands):
+        part = lz.operand(v, spec.bits, f"{name}.{i}")
+        parts.append(part if part.is_constant and part.quant == spec else lz.convert(part, spec, f"{name}.{i}.cvt"))
+    return lz.op("q.concat", parts, spec, name, axis=op.attrs["axis"])
+
+
+def lower_gather(lz: Legalizer, op: Op) -> Value:
+    """The table is stored directly in the result's spec (Gather copies integers)."""
+    table, indices = op.operands
+    name = op.results[0].name
+    if not table.is_constant:
+        raise QirError(f"qnn: q.gather %{name} needs a constant table")
+    spec = unsigned(need_spec(op.results[0]))
+    data = lz.constant(table.name, lz.src_data(table).astype(np.float32), spec)
+    return lz.op("q.gather", [data, lz.get(indices)], spec, name, axis=op.attrs["axis"])
+
+
+def lower_rope(lz: Legalizer, op: Op) -> Value:
+    """x·cos + rotate(x)·sin, rotate as slices and a concatenation; the sign of rotate's negated
+    half moves into a signed sine table. |x·cos| and |rotate(x)·sin| never exceed |x|, so both
+    products keep x's spec."""
+    x = lz.get(op.operands[0])
+    name, spec = op.results[0].name, x.quant
+    bits = spec.bits
+    cos = lz.src_data(op.operands[1]).astype(np.float32)
+    sin = lz.src_data(op.operands[2]).astype(np.float32)
+    shape, rank, half = x.type.shape, x.type.rank, x.type.shape[-1] // 2
+
+    def window(value, lo, hi, label):
+        begin = [0] * (value.type.rank - 1) + [lo]
+        end = list(value.type.shape[:-1]) + [hi]
+        return lz.op("q.slice", [value], spec, f"{name}.{label}", begin=begin, end=end)
+
+    if op.attrs["layout"] == "half":
+        rotated = lz.op("q.concat", [window(x, half, 2 * half, "hi"), window(x, 0, half, "lo")], spec,
+                        name + ".rot", axis=rank - 1)
+        signed_sin = np.concatenate([-sin[:, :half], sin[:, half:]], axis=-1)
+    else:
+        pairs = lz.op("q.reshape", [x], spec, name + ".pairs", shape=list(shape[:-1]) + [half, 2])
+        swapped = lz.op("q.concat", [window(pairs, 1, 2, "odd"), window(pairs, 0, 1, "even")], spec,
+                        name + ".swap", axis=rank)
+        rotated = lz.op("q.reshape", [swapped], spec, name + ".rot", shape=list(shape))
+        signed_sin = sin * np.tile(np.asarray([-1.0, 1.0], np.float32), half)
+    cos_q = lz.constant(op.operands[1].name, cos, symmetric(cos, bits))
+    sin_q = lz.constant(op.operands[2].name + ".signed", signed_sin, symmetric(signed_sin, bits))
+    a = lz.op("q.mul", [x, cos_q], spec, name + ".cos")
+    b = lz.op("q.mul", [rotated, sin_q], spec, name + ".sin")
+    return lz.finish(lz.op("q.add", [a, b], in_width(need_spec(op.results[0]), bits), name), op.results[0])
+
+
+RULES = {
+    "q.linear": lower_linear, "q.matmul": lower_matmul,
+    "q.add": lower_elementwise, "q.sub": lower_elementwise, "q.mul": lower_elementwise,
+    "q.relu": lower_elementwise, "q.gelu": lower_elementwise, "q.tanh": lower_elementwise,
+    "q.sigmoid": lower_sigmoid, "q.silu": lower_silu, "q.softmax": lower_softmax,
+    "q.masked_fill": lower_masked_fill,
+    "q.reshape": lower_move, "q.transpose": lower_move, "q.slice": lower_move,
+    "q.concat": lower_concat, "q.gather": lower_gather, "q.rope": lower_rope,
+}
+
+
+def legalize_qnn(module: Module) -> Module:
+    """The QNN form of a quantized module (QirError naming the first op HTP cannot run)."""
+    legal = Legalizer(module).run()
+    verify(legal)
+    return legal
