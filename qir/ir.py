@@ -86,6 +86,7 @@ class Op:
         self.attrs = MappingProxyType(merged)
         self.function: Function | None = None
         self.location: tuple[str, int, int] | None = None  # (file, line, column) when parsed
+        self.origin: Op | None = None  # the op this one was lowered from (set by a backend's legalizer)
         if result_types is None:
             self._check_operand_count()
             result_types = self.infer_types()

@@ -106,7 +106,10 @@ class Legalizer:
                 where = f"{op.location[0]}:{op.location[1]}:{op.location[2]}: " if op.location else ""
                 raise QirError(f"{where}tflite: {op.name} (%{op.results[0].name}) has no TFLite lowering; "
                                f"lowered ops: {', '.join(sorted(RULES))}")
+            start = len(self.b.func.ops)
             self.env[id(op.results[0])] = rule(self, op)
+            for new in self.b.func.ops[start:]:  # errors on a tfl op point back at its q op
+                new.origin, new.location = op, op.location
         outputs = []
         for value in func.outputs:
             v = self.get(value)
@@ -312,7 +315,9 @@ RULES = {
 def legalize_tflite(module: Module) -> Module:
     """The `tfl` form of a quantized module's main function (raises QirError naming the first op
     the target cannot run, before anything is written)."""
+    from backends.tflite.spec_rules import check_quant_specs
     from qir.verifier import verify
+    check_quant_specs(module)
     legal = Legalizer(module).run()
     verify(legal)
     return legal
