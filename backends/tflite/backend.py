@@ -1,4 +1,5 @@
-"""The `tflite` target: legalize a quantized module to the tfl dialect and write model.tflite."""
+"""The `tflite` target: legalize a module to the tfl dialect (integer when it is quantized, float32
+when not) and write model.tflite."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +10,13 @@ from qir.ir import Module
 
 class TFLiteBackend(Backend):
     name = "tflite"
-    description = "fully integer TFLite for LiteRT (CPU / XNNPACK)"
+    description = "TFLite for LiteRT (CPU / XNNPACK): fully integer, or float32 for an unquantized module"
     prepare_pipeline = "decompose-norms"  # TFLite has no norm kernel: MUL, MEAN, ADD, RSQRT
 
     def legalize(self, module: Module) -> Module:
+        if not module.is_quantized():  # e.g. --recipe float: the float32 graph of the same model
+            from backends.tflite.legalize_float import legalize_tflite_float
+            return legalize_tflite_float(module)
         from backends.tflite.legalize import legalize_tflite
         return legalize_tflite(module)
 

@@ -39,6 +39,8 @@ class AlignedBufferT(fb.BufferT):
 
 def _operator_version(op: Op) -> int:
     """tensorflow/lite/tools/versioning/op_version.cc, for the cases this dialect produces."""
+    if op.is_float:
+        return _float_operator_version(op)
     dtype = op.operands[0].type.dtype
     name = op.name
     if name == "tfl.fully_connected":
@@ -72,6 +74,26 @@ def _operator_version(op: Op) -> int:
         return 2 if op.results[0].type.dtype == "i16" else 1
     if name == "tfl.dequantize":
         return 3 if dtype == "i16" else 2
+    return 1
+
+
+def _float_operator_version(op: Op) -> int:
+    """op_version.cc for float kernels: version 1 unless a feature needs more (rank 5 here comes
+    from the interleaved RoPE's pairs)."""
+    rank = max(v.type.rank for v in op.operands)
+    broadcast_rank5 = rank > 4 and len({v.type.shape for v in op.operands}) > 1
+    if op.name == "tfl.fully_connected":
+        return 6 if len(op.operands) == 2 else 5  # no bias / keep_num_dims
+    if op.name in ("tfl.transpose", "tfl.strided_slice") and rank > 4:
+        return 4
+    if op.name == "tfl.slice" and rank > 4:
+        return 5
+    if op.name in ("tfl.sub", "tfl.maximum") and broadcast_rank5:
+        return 3
+    if op.name == "tfl.div" and broadcast_rank5:
+        return 2
+    if op.name in ("tfl.gather", "tfl.transpose", "tfl.strided_slice") and op.operands[0].type.dtype == "bool":
+        return 3
     return 1
 
 
@@ -117,6 +139,15 @@ def _options(op: Op):
             beginMask=0, endMask=0, ellipsisMask=0, newAxisMask=0, shrinkAxisMask=0, offset=False)
     if name == "tfl.gelu":
         return fb.BuiltinOptions.GeluOptions, fb.GeluOptionsT(approximate=a["approximate"])
+    if name == "tfl.div":
+        return fb.BuiltinOptions.DivOptions, fb.DivOptionsT(fusedActivationFunction=ACTIVATION[a["fused_activation"]])
+    if name == "tfl.maximum":
+        return fb.BuiltinOptions.MaximumMinimumOptions, fb.MaximumMinimumOptionsT()
+    if name == "tfl.sum":
+        return fb.BuiltinOptions.ReducerOptions, fb.ReducerOptionsT(keepDims=a["keepdims"])
+    if name == "tfl.cast":
+        return fb.BuiltinOptions.CastOptions, fb.CastOptionsT(
+            inDataType=TENSOR_TYPES[op.operands[0].type.dtype], outDataType=TENSOR_TYPES[a["dtype"]])
     if name == "tfl.not_equal":
         return fb.BuiltinOptions.NotEqualOptions, fb.NotEqualOptionsT()
     return fb.BuiltinOptions.NONE, None
@@ -128,7 +159,7 @@ def _extra_inputs(op: Op) -> list[np.ndarray]:
         return [np.asarray(op.attrs["shape"], np.int32)]
     if op.name == "tfl.transpose":
         return [np.asarray(op.attrs["perm"], np.int32)]
-    if op.name == "tfl.mean":
+    if op.name in ("tfl.mean", "tfl.sum"):
         return [np.asarray(op.attrs["axes"], np.int32)]
     if op.name == "tfl.slice":
         return [np.asarray(op.attrs["begin"], np.int32), np.asarray(op.attrs["size"], np.int32)]
@@ -221,7 +252,7 @@ def emit_tflite(module: Module, function: str | None = None) -> bytes:
     for op in func.ops:
         ins = []
         for i, x in enumerate(op.operands):
-            bias = op.name == "tfl.fully_connected" and i == 2
+            bias = op.name == "tfl.fully_connected" and i == 2 and not op.is_float
             ins.append(w.value(x, _bias_quantization(op) if bias else None))
         for k, extra in enumerate(_extra_inputs(op)):
             ins.append(w.tensor(f"{op.results[0].name}/arg{k}", extra.shape, "i32", None, extra))

@@ -6,21 +6,26 @@ import jax.numpy as jnp
 from qir.errors import QirError
 from qir.ir import Op, REQUIRED
 from qir.ops.base import normalize_axis
+from qir.types import TensorType
+
+
+def reduced_type(op: Op, x: TensorType, axes, keepdims: bool) -> TensorType:
+    """The type of `x` reduced over `axes` (one rule for q and tfl reductions)."""
+    normalized = {normalize_axis(op, a, x.rank) for a in axes}
+    if len(normalized) != len(axes):
+        raise QirError(f"{op.name}: axes {list(axes)} name an axis of {x} twice")
+    if keepdims:
+        shape = tuple(1 if i in normalized else d for i, d in enumerate(x.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(x.shape) if i not in normalized)
+    return x.with_shape(shape)
 
 
 class _Reduce(Op):
     attributes = {"axes": REQUIRED, "keepdims": False}
 
     def infer_types(self):
-        x = self.operands[0].type
-        axes = {normalize_axis(self, a, x.rank) for a in self.attrs["axes"]}
-        if len(axes) != len(self.attrs["axes"]):
-            raise QirError(f"{self.name}: axes {list(self.attrs['axes'])} name an axis of {x} twice")
-        if self.attrs["keepdims"]:
-            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-        else:
-            shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-        return [x.with_shape(shape)]
+        return [reduced_type(self, self.operands[0].type, self.attrs["axes"], self.attrs["keepdims"])]
 
 
 class ReduceSum(_Reduce):

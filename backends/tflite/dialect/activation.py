@@ -1,4 +1,5 @@
-"""Elementwise activations: tfl.logistic, tfl.tanh, tfl.gelu.
+"""Elementwise activations: tfl.logistic, tfl.tanh, tfl.gelu (quantized or float32), tfl.relu
+(float32; quantized graphs fuse it into the producing kernel's clamp).
 
 int8 runs through a 256-entry table that `LUTPopulate<int8_t>` fills in float32 when the model
 is prepared. int16 LOGISTIC and TANH rescale the input to 1/(3·4096) (or use a power-of-two
@@ -54,11 +55,11 @@ class _Activation(TflOp):
     """One input, one output of the same dtype and shape."""
 
     lut_key = ""
+    float_dtypes = ("f32",)
 
     def infer_types(self):
         x = self.operands[0].type
-        if x.dtype not in self.dtypes:
-            raise QirError(f"{self.name}: supports {', '.join(self.dtypes)} tensors, got {x}")
+        self.check_dtype(x)
         return [x]
 
     @classmethod
@@ -194,3 +195,9 @@ class Gelu(_Activation):
         sx, sy = self.operands[0].quant, self.results[0].quant
         table = _table16(self.lut_key, scale_of(sx), scale_of(sy))
         return lut_lookup_int16(x, table).astype(np.int16)
+
+
+class Relu(_Activation):
+    name = "tfl.relu"
+    tflite_op = "RELU"
+    dtypes = ()

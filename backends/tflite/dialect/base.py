@@ -1,5 +1,6 @@
 """The base of every `tfl.` op: options, integer parameters derived from quant specs, and the
-integer rule that reproduces the runtime's reference kernel."""
+integer rule that reproduces the runtime's reference kernel. An op none of whose operands
+carries a quant spec is a float op: it has only its options and runs the runtime's float kernel."""
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -64,13 +65,25 @@ class TflOp(Op):
     """A `tfl.` op. Subclasses declare `options` (user-chosen attributes with defaults) and
     `params` (integer parameters derived from the quant specs by `derive`); the attributes are
     options then params, in that order. `verify` re-derives the params and checks they match,
-    so the printed IR always shows what the runtime will compute."""
+    so the printed IR always shows what the runtime will compute.
+
+    A float op (dtypes in `float_dtypes`, no operand with a quant spec) has only its options:
+    the runtime's float kernel needs nothing derived, and qir's float interpreter is its reference."""
 
     tflite_op: ClassVar[str] = ""  # the BuiltinOperator name
     options: ClassVar[dict[str, Any]] = {}
     params: ClassVar[tuple[str, ...]] = ()
     # activation dtypes the op supports, e.g. ("i8", "i16"): the support table is built from these
     dtypes: ClassVar[tuple[str, ...]] = ("i8", "i16")
+    # dtypes the op takes without quant specs (a float graph); () for ops that exist only quantized
+    float_dtypes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, operands, attrs=None, result_types=None, result_names=None):
+        operands = list(operands)
+        self.is_float = self.float_operands(operands)
+        if self.is_float:
+            self.attributes = dict(self.options)  # a float kernel takes no integer parameters
+        super().__init__(operands, attrs, result_types, result_names)
 
     def __init_subclass__(cls, **kwargs):
         if "attributes" not in cls.__dict__:
@@ -88,6 +101,26 @@ class TflOp(Op):
         raise NotImplementedError(f"{self.name} has no integer rule")
 
     # -- shared -----------------------------------------------------------------------------------
+    @classmethod
+    def float_operands(cls, operands) -> bool:
+        """Whether an op of this class on `operands` is a float op: it has float kernels and no
+        operand is quantized."""
+        return bool(cls.float_dtypes) and all(v.quant is None for v in operands)
+
+    @property
+    def allowed_dtypes(self) -> tuple[str, ...]:
+        return self.float_dtypes if self.is_float else self.dtypes
+
+    def check_dtype(self, t: TensorType, what: str = "input") -> None:
+        """Raise QirError unless `t` is a dtype this op takes (quantized or float, as it is)."""
+        if t.dtype in self.allowed_dtypes:
+            return
+        if self.is_float and t.dtype in self.dtypes:
+            raise QirError(f"{self.name}: {what} {t} has no quant spec")
+        if not self.allowed_dtypes:
+            raise QirError(f"{self.name}: runs in float only; {what} {t} is quantized")
+        raise QirError(f"{self.name}: supports {', '.join(self.allowed_dtypes)} tensors, got {t}")
+
     @property
     def option_values(self) -> dict[str, Any]:
         return {k: self.attrs[k] for k in self.options}
@@ -95,6 +128,10 @@ class TflOp(Op):
     def verify(self) -> None:
         if "fused_activation" in self.options and self.attrs["fused_activation"] not in ACTIVATIONS:
             raise QirError(f"{self.name}: fused_activation must be one of {', '.join(ACTIVATIONS)}")
+        if self.is_float:
+            if any(r.quant is not None for r in self.results):
+                raise QirError(f"{self.name}: a float op (no quantized operand) cannot give a quantized result")
+            return
         expected = self.derive(self.operands, [r.quant for r in self.results], self.option_values)
         for key, value in expected.items():
             have = self.attrs[key]
@@ -121,7 +158,7 @@ def append_tfl(b: Builder, op_name: str, *operands: Value, quant: QuantSpec | No
     if unknown:
         raise QirError(f"{op_name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(cls.options) or 'none'}")
     merged = {**cls.options, **options}
-    params = cls.derive(list(operands), [quant], merged)
+    params = {} if cls.float_operands(operands) else cls.derive(list(operands), [quant], merged)
     op = b.append(op_name, *operands, names=[name] if name else None, **merged, **params)
     op.result.quant = quant
     return op.result

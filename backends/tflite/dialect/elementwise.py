@@ -1,4 +1,5 @@
-"""tfl.add, tfl.sub, tfl.mul: broadcasting binary ops on quantized integers."""
+"""tfl.add, tfl.sub, tfl.mul: broadcasting binary ops on quantized integers or float32;
+tfl.div and tfl.maximum in float graphs only."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,11 +18,13 @@ MUL_ROUNDING = {"i8": "double", "i16": "double"}
 class _Binary(TflOp):
     num_operands = 2
     options = {"fused_activation": "NONE"}
+    float_dtypes = ("f32",)
 
     def infer_types(self):
         a, b = (v.type for v in self.operands)
-        if a.dtype not in self.dtypes or b.dtype != a.dtype:
-            raise QirError(f"{self.name}: operands must both be i8 or both i16, got {a} and {b}")
+        self.check_dtype(a, "input 1")
+        if b.dtype != a.dtype:
+            raise QirError(f"{self.name}: operands must have one dtype, got {a} and {b}")
         if max(a.rank, b.rank) > 6:
             raise QirError(f"{self.name}: the runtime broadcasts up to rank 6, got {a} and {b}")
         return [a.with_shape(broadcast_shape(self, a.shape, b.shape))]
@@ -110,3 +113,17 @@ class Mul(_Binary):
         product = (np.asarray(a, np.int64) + at["input1_offset"]) * (np.asarray(b, np.int64) + at["input2_offset"])
         y = requantize(product, at["multiplier"], at["shift"], at["rounding"])
         return clamp(y + at["output_offset"], *self.out_range(), self.results[0].type.dtype)
+
+
+class Div(_Binary):
+    name = "tfl.div"
+    tflite_op = "DIV"
+    dtypes = ()
+
+
+class Maximum(_Binary):
+    name = "tfl.maximum"
+    tflite_op = "MAXIMUM"
+    dtypes = ()
+    options = {}
+

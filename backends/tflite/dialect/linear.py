@@ -1,4 +1,4 @@
-"""tfl.fully_connected and tfl.batch_matmul: integer matmuls with a requantizing multiplier."""
+"""tfl.fully_connected and tfl.batch_matmul: integer matmuls with a requantizing multiplier, or float32."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,15 +39,19 @@ class FullyConnected(TflOp):
     params = ("input_offset", "output_offset", "multiplier", "shift", "activation_min", "activation_max", "rounding")
     rounding_by_dtype = FC_ROUNDING
 
+    float_dtypes = ("f32",)
+
     def infer_types(self):
         x, w = self.operands[0].type, self.operands[1].type
-        if x.dtype not in self.dtypes or w.dtype != "i8":
-            raise QirError(f"{self.name}: needs i8 or i16 input and i8 weight, got {x} and {w}")
+        weight_dtype = "f32" if self.is_float else "i8"
+        if x.dtype not in self.allowed_dtypes or w.dtype != weight_dtype:
+            raise QirError(f"{self.name}: needs {' or '.join(self.allowed_dtypes)} input and {weight_dtype} weight, "
+                           f"got {x} and {w}")
         if w.rank != 2 or x.rank < 1 or x.shape[-1] != w.shape[1]:
             raise QirError(f"{self.name}: input {x} does not match weight {w} (weight is [out, in])")
         if len(self.operands) == 3:
             b = self.operands[2].type
-            want = "i64" if x.dtype == "i16" else "i32"
+            want = "f32" if self.is_float else "i64" if x.dtype == "i16" else "i32"
             if b.shape != (w.shape[0],) or b.dtype != want:
                 raise QirError(f"{self.name}: bias must be {want}[{w.shape[0]}] for {x.dtype} input, got {b}")
         return [x.with_shape(x.shape[:-1] + (w.shape[0],))]
@@ -88,10 +92,13 @@ class BatchMatMul(TflOp):
     params = ("lhs_offset", "rhs_offset", "output_offset", "multiplier", "shift", "rounding")
     rounding_by_dtype = BATCH_MATMUL_ROUNDING
 
+    float_dtypes = ("f32",)
+
     def infer_types(self):
         a, b = (v.type for v in self.operands)
-        if a.dtype not in self.dtypes or b.dtype != a.dtype:
-            raise QirError(f"{self.name}: operands must both be i8 or both i16, got {a} and {b}")
+        self.check_dtype(a, "lhs")
+        if b.dtype != a.dtype:
+            raise QirError(f"{self.name}: operands must have one dtype, got {a} and {b}")
         if not 2 <= a.rank <= 5 or not 2 <= b.rank <= 5:
             raise QirError(f"{self.name}: operands must have rank 2 to 5, got {a} and {b}")
         m, ka = (a.shape[-1], a.shape[-2]) if self.attrs["adj_x"] else (a.shape[-2], a.shape[-1])

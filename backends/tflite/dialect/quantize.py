@@ -1,4 +1,5 @@
-"""tfl.quantize (float -> int, or int -> int requantization) and tfl.dequantize (int -> f32)."""
+"""tfl.quantize (float -> int, or int -> int requantization), tfl.dequantize (int -> f32), and in
+float graphs tfl.cast (plain value conversion, e.g. an int32 mask to f32)."""
 from __future__ import annotations
 
 import numpy as np
@@ -72,3 +73,20 @@ class Dequantize(TflOp):
     def integer(self, x):
         scale = np.float64(scale_of(self.operands[0].quant))
         return (scale * (np.asarray(x, np.int64) - self.attrs["zero_point"])).astype(np.float32)
+
+
+class Cast(TflOp):
+    """Converts values, not quantized integers: float graphs only."""
+
+    name = "tfl.cast"
+    tflite_op = "CAST"
+    dtypes = ()
+    float_dtypes = ("f32", "i32", "bool")
+    options = {"dtype": "f32"}
+
+    def infer_types(self):
+        x = self.operands[0].type
+        self.check_dtype(x)
+        if self.attrs["dtype"] not in self.float_dtypes:
+            raise QirError(f"{self.name}: casts to {', '.join(self.float_dtypes)}, not {self.attrs['dtype']}")
+        return [x.with_dtype(self.attrs["dtype"])]

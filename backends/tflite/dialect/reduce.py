@@ -1,7 +1,9 @@
-"""tfl.mean over the last axis with keep_dims (RMSNorm / LayerNorm statistics): the raw
+"""tfl.mean, and in float graphs tfl.sum, over any axes.
+
+Quantized: tfl.mean over the last axis with keep_dims (RMSNorm / LayerNorm statistics): the raw
 integers summed in int32, z_in · n subtracted, and a requantization by (m, s) from s_in / s_out
-with 1/n folded into the multiplier (QuantizedMeanOrSum). SUM is left out: its int8 / int16
-BUILTIN_REF kernel returns garbage in ai-edge-litert 2.3 (docs/tflite-backend.md)."""
+with 1/n folded into the multiplier (QuantizedMeanOrSum). A quantized SUM is left out: its int8 /
+int16 BUILTIN_REF kernel returns garbage in ai-edge-litert 2.3 (docs/tflite-backend.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +11,7 @@ import numpy as np
 from backends.tflite.dialect.base import INT_RANGES, TflOp, clamp, scale_of, tensor_spec, zero_of
 from backends.tflite.fixed_point import quantize_multiplier, requantize
 from qir.errors import QirError
+from qir.ops.reduce import reduced_type
 
 REDUCE_ROUNDING = {"i8": "double", "i16": "double"}
 
@@ -18,10 +21,15 @@ class _Reduce(TflOp):
     params = ("input_offset", "output_offset", "multiplier", "shift", "rounding")
     rounding_by_dtype = REDUCE_ROUNDING
 
+    float_dtypes = ("f32",)
+
     def infer_types(self):
         x = self.operands[0].type
-        if x.dtype not in self.dtypes or x.rank < 1:
-            raise QirError(f"{self.name}: supports i8 and i16 tensors, got {x}")
+        self.check_dtype(x)
+        if self.is_float:  # the float kernels reduce any set of axes
+            return [reduced_type(self, x, self.attrs["axes"], self.attrs["keepdims"])]
+        if x.rank < 1:
+            raise QirError(f"{self.name}: needs a tensor of rank 1 or more, got {x}")
         if tuple(self.attrs["axes"]) not in ((-1,), (x.rank - 1,)) or not self.attrs["keepdims"]:
             raise QirError(f"{self.name}: only the last axis with keepdims = true is supported, got "
                            f"axes {list(self.attrs['axes'])} keepdims {self.attrs['keepdims']}")
@@ -56,3 +64,11 @@ class Mean(_Reduce):
         y = requantize(total + self.attrs["input_offset"] * n, multiplier, self.attrs["shift"] - shift,
                        self.attrs["rounding"])
         return clamp(y + self.attrs["output_offset"], *INT_RANGES[dtype], dtype)
+
+
+class Sum(_Reduce):
+    """Float only: the int8 / int16 SUM of the reference kernels is broken (see above)."""
+
+    name = "tfl.sum"
+    tflite_op = "SUM"
+    dtypes = ()

@@ -81,10 +81,11 @@ class Rsqrt(TflOp):
     params = ("input_offset", "output_offset", "multiplier", "shift", "rounding")
     rounding_by_dtype = RSQRT_ROUNDING
 
+    float_dtypes = ("f32",)
+
     def infer_types(self):
         x = self.operands[0].type
-        if x.dtype not in self.dtypes:
-            raise QirError(f"{self.name}: supports i8 and i16 tensors, got {x}")
+        self.check_dtype(x)
         return [x]
 
     @classmethod

@@ -1,6 +1,6 @@
 """Data movement: tfl.reshape, tfl.transpose, tfl.gather, tfl.concatenation, tfl.slice,
 tfl.strided_slice, tfl.select_v2. The integers move unchanged, so input and output must share
-one quant spec (checked before emitting)."""
+one quant spec (checked before emitting); float graphs move f32 (and i32, bool) tensors."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,10 +12,7 @@ from qir.ops.base import broadcast_shape, concat_type, normalize_axis
 
 class _Move(TflOp):
     dtypes = ("i8", "i16")
-
-    def check_dtype(self, t):
-        if t.dtype not in self.dtypes:
-            raise QirError(f"{self.name}: supports {', '.join(self.dtypes)} tensors, got {t}")
+    float_dtypes = ("f32", "i32", "bool")  # a float graph also moves token ids and masks
 
 
 class Reshape(_Move):

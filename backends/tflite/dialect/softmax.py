@@ -54,10 +54,13 @@ class Softmax(TflOp):
     params = ("input_multiplier", "input_shift", "diff_min", "rounding")
     rounding_by_dtype = {"i8": "double (gemmlowp fixed point)", "i16": "double, then exp and 1/(1+x) tables"}
 
+    float_dtypes = ("f32",)
+
     def infer_types(self):
         x = self.operands[0].type
-        if x.dtype not in self.dtypes or x.rank < 1:
-            raise QirError(f"{self.name}: supports i8 and i16 tensors (softmax over the last axis), got {x}")
+        self.check_dtype(x)
+        if x.rank < 1:
+            raise QirError(f"{self.name}: runs over the last axis and needs rank 1 or more, got {x}")
         return [x]
 
     @classmethod
