@@ -65,6 +65,13 @@ class Quantize(Pass):
             return
         data = module.weights.get(name)
         bits, block = settings["bits"], settings.get("block")
+        if block and settings.get("scheme") == "per-tensor":
+            raise QirError(f"@{name}: the recipe asks for per-tensor and per-block (block {block}) weights at once")
+        if settings.get("scheme") == "per-tensor":  # one scale: what NNAPI's FULLY_CONNECTED takes
+            amax = float(np.abs(data).max())
+            scale, _, _, _ = affine_params(-amax, amax, bits, symmetric=True)
+            set_constant_quant(module, name, QuantSpec(bits, True, scale=(scale,), zero_point=(0,)))
+            return
         if block:
             if data.shape[-1] % block:
                 raise QirError(f"@{name}: input dimension {data.shape[-1]} is not a multiple of block {block}")
@@ -92,6 +99,7 @@ class Quantize(Pass):
         if module.constants[b.name].quant is not None:
             return
         w_scales = module.weights.get(w.quant.scale) if isinstance(w.quant.scale, str) else np.asarray(w.quant.scale)
+        w_scales = np.broadcast_to(w_scales.reshape(-1), b.type.shape[:1])  # a per-tensor weight: one for all
         scales = (np.float32(x.quant.scale[0]) * w_scales.astype(np.float32)).astype(np.float32)
         set_constant_quant(module, b.name, QuantSpec(32, True, scale=add_param(module, b.name + ".scale", scales),
                                                      zero_point=(0,), axis=0))

@@ -3,7 +3,8 @@ by regex over value/constant names or by the op that produces or consumes a valu
 
 A recipe is JSON (see docs/quantization.md):
 {
-  "weights":     {"bits": 8},                       # per-channel symmetric; "block": 32 for per-block
+  "weights":     {"bits": 8},                       # per-channel symmetric; "block": 32 for per-block,
+                                                    # "scheme": "per-tensor" for one scale
   "activations": {"bits": 8, "observer": "minmax"}, # per-tensor; 16-bit is symmetric (zero point 0)
   "constants":   {"bits": 16},                      # other float constants (norm weights, rope tables)
   "overrides": [
@@ -24,8 +25,9 @@ from qir.errors import QirError
 from qir.stats import OBSERVERS
 
 SUPPORTED_BITS = {"weights": (4, 8), "activations": (8, 16), "constants": (8, 16)}
-SECTION_KEYS = {"weights": {"bits", "block"}, "activations": {"bits", "observer", "percentile"},
+SECTION_KEYS = {"weights": {"bits", "block", "scheme"}, "activations": {"bits", "observer", "percentile"},
                 "constants": {"bits"}}
+WEIGHT_SCHEMES = ("per-channel", "per-tensor")  # per-block is "block": B
 OVERRIDE_KEYS = {"match", "producer", "consumer", "feeds", "weights", "activations", "constants", "skip"}
 
 # Tensors that must stay wide under 8-bit activations: the residual stream and norm inputs
@@ -98,10 +100,12 @@ def _check_section(where: str, section: str, values) -> dict:
         raise QirError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} in '{section}' "
                        f"(valid: {', '.join(sorted(SECTION_KEYS[section]))})")
     bits = values.get("bits")
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)):
+        raise QirError(f"{where}: '{section}' bits must be an integer, got {bits!r}")
     if bits is not None and bits not in SUPPORTED_BITS[section]:
         raise QirError(f"{where}: {bits}-bit {section} are not supported "
                        f"(supported: {', '.join(map(str, SUPPORTED_BITS[section]))})")
-    if "observer" in values and values["observer"] not in OBSERVERS:
+    if "observer" in values and (not isinstance(values["observer"], str) or values["observer"] not in OBSERVERS):
         raise QirError(f"{where}: unknown observer '{values['observer']}' (observers: {', '.join(OBSERVERS)})")
     if "percentile" in values and (isinstance(values["percentile"], bool)
                                    or not isinstance(values["percentile"], (int, float))
@@ -110,6 +114,10 @@ def _check_section(where: str, section: str, values) -> dict:
     if "block" in values and (isinstance(values["block"], bool) or not isinstance(values["block"], int)
                               or values["block"] < 2):
         raise QirError(f"{where}: weight block size must be an integer ≥ 2, got {values['block']!r}")
+    if values.get("scheme", "per-channel") not in WEIGHT_SCHEMES:
+        raise QirError(f"{where}: weight scheme must be one of {', '.join(WEIGHT_SCHEMES)}, got {values['scheme']!r}")
+    if values.get("scheme") == "per-tensor" and "block" in values:
+        raise QirError(f"{where}: weights are either per-tensor or per-block (\"block\"), not both")
     return dict(values)
 
 
@@ -164,6 +172,8 @@ def load_recipe(spec: str) -> QuantRecipe:
                        "and no such file")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QirError(f"{path}: not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise QirError(f"recipe {path}: cannot be read: {exc.strerror or exc}") from None
     return recipe_from_dict(path.name, data)

@@ -163,19 +163,23 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
     scales = lz.src.weights.get(wspec.scale) if isinstance(wspec.scale, str) else np.asarray(wspec.scale)
     scales = np.broadcast_to(np.asarray(scales, np.float32).reshape(-1), (w.type.shape[0],))
     # values on a 4-bit grid run unchanged in the int8 kernel; only the file is larger
-    weight = lz.constant(w.name, lz.src.weights.get(w.name).astype(np.float32),
-                         QuantSpec(8, True, scale=(1.0,), zero_point=(0,)), scales)
+    data = lz.src.weights.get(w.name).astype(np.float32)
+    if wspec.scheme == "per-tensor":  # one scale, the only kind NNAPI's FULLY_CONNECTED takes
+        weight = lz.constant(w.name, data, QuantSpec(8, True, scale=(float(scales[0]),), zero_point=(0,)))
+    else:
+        weight = lz.constant(w.name, data, QuantSpec(8, True, scale=(1.0,), zero_point=(0,)), scales)
     if wspec.bits < 8:
         data = lz.dst.weights.get(weight.name)
         lz.dst.weights.set(weight.name, np.clip(data, wspec.qmin, wspec.qmax).astype(np.int8))
-    operands = [xv, weight]
-    if len(op.operands) == 3:
-        b = op.operands[2]
-        bias_scales = np.float32(np.float32(xv.quant.scale[0]) * scales.astype(np.float32))
-        bias = np.round(lz.src.weights.get(b.name).astype(np.float64) / bias_scales)
-        bias_dtype = np.int64 if dtype == "i16" else np.int32
-        lz.dst.add_constant(lz.b.func.unique_name(b.name), bias.astype(bias_dtype))
-        operands.append(lz.b.func.constant(list(lz.dst.constants)[-1]))
+    # a linear without bias gets a zero one: FULLY_CONNECTED without a bias is op version 6, which
+    # the NNAPI delegate refuses (it takes up to 5); the kernel computes the same either way
+    b = op.operands[2] if len(op.operands) == 3 else None
+    bias_scales = np.float32(np.float32(xv.quant.scale[0]) * scales.astype(np.float32))
+    real_bias = lz.src.weights.get(b.name).astype(np.float64) if b is not None else np.zeros(scales.shape)
+    bias_dtype = np.int64 if dtype == "i16" else np.int32
+    bias_name = b.name if b is not None else op.results[0].name + ".bias"
+    lz.dst.add_constant(lz.b.func.unique_name(bias_name), np.round(real_bias / bias_scales).astype(bias_dtype))
+    operands = [xv, weight, lz.b.func.constant(list(lz.dst.constants)[-1])]
     return emit_fusing_relu(lz, op, "tfl.fully_connected", operands, dtype)
 
 
