@@ -25,3 +25,16 @@ class TFLiteBackend(Backend):
         path = Path(outdir) / "model.tflite"
         path.write_bytes(emit_tflite(module))
         return [path]
+
+
+class NNAPIBackend(TFLiteBackend):
+    """The tflite target's legalization and file, refused unless NNAPI can run every op."""
+
+    name = "nnapi"
+    description = "TFLite for Android's NNAPI delegate: every op checked against what NNAPI runs"
+
+    def legalize(self, module: Module) -> Module:
+        from backends.tflite.nnapi import check_nnapi
+        legal = super().legalize(module)
+        check_nnapi(legal)  # before any file is written
+        return legal
