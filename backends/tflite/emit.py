@@ -8,6 +8,7 @@ from ai_edge_litert import schema_py_generated as fb
 
 from backends.tflite.dialect.base import TflOp, f32
 from backends.tflite.rules import check_runtime_rules
+from backends.tflite.size_limit import check_file_size
 from qir.errors import QirError
 from qir.ir import Function, Module, Op, Value
 from qir.quant import QuantSpec
@@ -235,7 +236,8 @@ class _Writer:
 
 def emit_tflite(module: Module, function: str | None = None) -> bytes:
     """The .tflite bytes of one function of `module`. Raises QirError (before writing anything)
-    for ops outside the tfl dialect and for what the runtime would silently miscompute."""
+    for ops outside the tfl dialect, for what the runtime would silently miscompute, and for a
+    model too large for one flatbuffer."""
     verify(module)
     func: Function = module.functions[function] if function else module.main
     for op in func.ops:
@@ -245,6 +247,7 @@ def emit_tflite(module: Module, function: str | None = None) -> bytes:
     names = [v.name for v in func.outputs]
     if len(set(names)) != len(names) or any(v.is_constant or v in func.args for v in func.outputs):
         raise QirError(f"@{func.name}: outputs must be distinct op results to name the signature's outputs")
+    check_file_size(func)
 
     w = _Writer(module)
     inputs = [w.value(a) for a in func.args]

@@ -48,7 +48,7 @@ DELEGATED = {
     "QUANTIZE": Delegated(2),
     "DEQUANTIZE": Delegated(2),
     "CAST": Delegated(1),
-    "NOT_EQUAL": Delegated(2),
+    "NOT_EQUAL": Delegated(2, note="int32 input (a runtime mask) since API 29"),
     "RSQRT": Delegated(1, float_only=True),
     "SUM": Delegated(1, float_only=True),
 }
