@@ -133,6 +133,7 @@ def check_fixed_point(graph: dict) -> None:
             readers.setdefault(t, []).append(name)
         for t in node["output_names"]:
             writer[t] = name
+    islands = []
     for tname, tensor in tensors.items():
         dtype = tensor["data_type"]
         if dtype in FIXED_POINT or dtype in INTEGER:
@@ -141,12 +142,17 @@ def check_fixed_point(graph: dict) -> None:
             raise QirError(f"qnn: QNN tensor '{tname}' has an unknown data type 0x{dtype:04x}")
         edge_in = tname not in writer and all(nodes[r]["type"] == "Quantize" for r in readers.get(tname, []))
         edge_out = tname in writer and nodes[writer[tname]]["type"] == "Dequantize" and not readers.get(tname)
-        if edge_in or edge_out:
-            continue
-        users = readers.get(tname, [])
-        node = writer.get(tname) or (users[0] if users else "?")
-        raise QirError(f"qnn: HTP runs node '{node}' ({nodes[node]['type'] if node in nodes else '?'}) in float: "
-                       f"tensor '{tname}' is {FLOAT[dtype]}, not fixed point")
+        if not (edge_in or edge_out):
+            islands.append(tname)
+    if not islands:
+        return
+    # name the op that computes in float (not the Quantize / Dequantize around it) where there is one
+    touching = [(name, node) for name, node in nodes.items()
+                if set(node["input_names"] + node["output_names"]) & set(islands)]
+    name, node = next(((n, v) for n, v in touching if v["type"] not in ("Quantize", "Dequantize")), touching[0])
+    tname = next(t for t in node["input_names"] + node["output_names"] if t in islands)
+    raise QirError(f"qnn: HTP runs node '{name}' ({node['type']}) in float: tensor '{tname}' is "
+                   f"{FLOAT[tensors[tname]['data_type']]}, not fixed point")
 
 
 def first_line(exc: Exception) -> str:
