@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from qir.errors import QirError
 from qir.ir import Module
 
@@ -19,11 +21,40 @@ class Backend:
     # so that each intermediate is calibrated); qir-compile inserts them in front of `calibrate`
     prepare_pipeline: ClassVar[str] = ""
 
+    # artifact files this target writes and can run back (qir-eval --compiled), e.g. (".tflite",)
+    artifact_suffixes: ClassVar[tuple[str, ...]] = ()
+
     def legalize(self, module: Module) -> Module:
+        raise NotImplementedError
+
+    def load_artifact(self, path: Path, kernels: str) -> "Artifact":
         raise NotImplementedError
 
     def emit(self, module: Module, outdir: Path) -> list[Path]:
         raise NotImplementedError
+
+
+class Artifact:
+    """A compiled model loaded in its runtime: `inputs` maps each input name to (shape, dtype);
+    `run(**arrays)` returns the outputs by name. `description` says what runs it."""
+
+    inputs: dict[str, tuple[tuple[int, ...], str]]
+    description: str
+
+    def run(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def load_artifact(path: str | Path, kernels: str = "optimized") -> Artifact:
+    """The compiled file at `path`, in the runtime of the backend that writes its kind of file."""
+    path = Path(path)
+    if not path.is_file():
+        raise QirError(f"compiled model not found: {path}")
+    for backend in backends().values():
+        if path.suffix in backend.artifact_suffixes:
+            return backend.load_artifact(path, kernels)
+    known = sorted(s for b in backends().values() for s in b.artifact_suffixes)
+    raise QirError(f"{path}: no backend runs '{path.suffix}' files (known: {', '.join(known) or 'none'})")
 
 
 def backends() -> dict[str, Backend]:

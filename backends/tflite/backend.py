@@ -12,6 +12,11 @@ class TFLiteBackend(Backend):
     name = "tflite"
     description = "TFLite for LiteRT (CPU / XNNPACK): fully integer, or float32 for an unquantized module"
     prepare_pipeline = "decompose-norms"  # TFLite has no norm kernel: MUL, MEAN, ADD, RSQRT
+    artifact_suffixes = (".tflite",)
+
+    def load_artifact(self, path: Path, kernels: str):
+        from backends.tflite.runner import TFLiteArtifact
+        return TFLiteArtifact(path, kernels)
 
     def legalize(self, module: Module) -> Module:
         if not module.is_quantized():  # e.g. --recipe float: the float32 graph of the same model

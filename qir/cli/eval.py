@@ -20,14 +20,21 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--text", default="pydoc", help="'pydoc' (Python's own documentation prose, the default) "
                                                         "or a UTF-8 text file")
     parser.add_argument("--tokens", type=int, default=4096, help="causal LM: evaluate the first N tokens (default 4096)")
-    parser.add_argument("--context", type=int, default=DEFAULT_SEQ_LEN,
-                        help=f"causal LM: window length L (default {DEFAULT_SEQ_LEN}); encoder: padded length")
+    parser.add_argument("--context", type=int,
+                        help=f"causal LM: window length L (default {DEFAULT_SEQ_LEN}, or the compiled model's); "
+                             "encoder: padded length")
     parser.add_argument("--sentences", type=int, default=64,
                         help="encoder: how many sentences to embed (default 64; from a file: its non-empty lines)")
     parser.add_argument("--mode", choices=("auto", "float", "fake-quant"), default="auto",
                         help="interpreter mode; auto: fake-quant for a quantized model (compared with its float "
                              "self: KL, top-1, cosine), float otherwise")
     parser.add_argument("--layers", type=int, help="keep only the first N blocks of the model")
+    parser.add_argument("--compiled", metavar="FILE",
+                        help="evaluate this compiled artifact (e.g. OUT/model.tflite) in its runtime instead of "
+                             "the interpreter; MODEL is the float model it is compared with")
+    parser.add_argument("--kernels", choices=("optimized", "reference"), default="optimized",
+                        help="with --compiled: the runtime's optimized kernels (default) or its reference kernels "
+                             "(bit-exact with qir's integer rules, slower)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
     return parser
 
@@ -40,15 +47,26 @@ def body(argv) -> int:
     from qir.text import load_text, sentences
 
     args = build_parser().parse_args(argv)
+    compiled = None
+    if args.compiled:
+        from qir.backend import load_artifact
+        with console.status(f"loading {args.compiled}"):
+            compiled = load_artifact(args.compiled, args.kernels)
+        args.context = compiled_context(compiled, args.context)
+    args.context = args.context or DEFAULT_SEQ_LEN
     if args.tokens < 2 or args.context < 2 or args.sentences < 1:
         raise QirError("--tokens and --context must be at least 2, --sentences at least 1")
     text = load_text(args.text)
     with console.status("loading the model"):
         loaded = load_model(args.model, seq_len=args.context, layers=args.layers)
     name = args.model or DEFAULT_MODEL
-    mode = args.mode if args.mode != "auto" else ("fake-quant" if loaded.module.is_quantized() else "float")
-    model_run = Interpreter(loaded.module, mode=mode)
-    float_run = Interpreter(loaded.module) if mode != "float" else None
+    if compiled is not None:
+        mode = f"compiled: {compiled.description}"
+        model_run, float_run = CompiledRun(loaded, compiled), Interpreter(loaded.module)
+    else:
+        mode = args.mode if args.mode != "auto" else ("fake-quant" if loaded.module.is_quantized() else "float")
+        model_run = Interpreter(loaded.module, mode=mode)
+        float_run = Interpreter(loaded.module) if mode != "float" else None
     if loaded.kind == "causal-lm":
         reference = (lambda w: float_run.run(w)[0]) if float_run else None
         result = {"model": name, "text": args.text, "mode": mode,
@@ -57,7 +75,7 @@ def body(argv) -> int:
         if args.json:
             print(json.dumps(result, indent=2))
             return 0
-        table = Table(title=f"qir-eval: {name} ({mode} interpreter)", title_justify="left", show_header=False)
+        table = Table(title=f"qir-eval: {name} ({mode if compiled else mode + ' interpreter'})", title_justify="left", show_header=False)
         for key in ("text", "tokens", "context", "windows", "bos_per_window", "nll", "perplexity",
                     "float_perplexity", "kl_to_float", "top1_agreement"):
             if key in result:
@@ -90,6 +108,42 @@ def body(argv) -> int:
         out.print(table)
         return 0
     raise QirError(f"qir-eval does not know how to evaluate a model of kind '{loaded.kind}'")
+
+
+def compiled_context(compiled, context: int | None) -> int:
+    """The static sequence length a compiled model was built for (its first input is [1, L])."""
+    from qir.errors import QirError
+    shape = next(iter(compiled.inputs.values()))[0]
+    if len(shape) != 2:
+        raise QirError(f"the compiled model's input has shape {list(shape)}; expected [1, L]")
+    if context is not None and context != shape[1]:
+        raise QirError(f"--context {context} does not match the compiled model, which takes L = {shape[1]}")
+    return shape[1]
+
+
+class CompiledRun:
+    """A compiled artifact called like the interpreter: positional inputs in the order of the
+    model's arguments, outputs in the order of its results (an emitter names them `<value>.out`)."""
+
+    def __init__(self, loaded, compiled):
+        from qir.errors import QirError
+        func = loaded.module.main
+        self.compiled, self.args = compiled, [a.name for a in func.args]
+        if set(self.args) != set(compiled.inputs):
+            raise QirError(f"the compiled model takes {sorted(compiled.inputs)}, the model {sorted(self.args)}: "
+                           "was it compiled from this model?")
+        self.outputs = [v.name for v in func.outputs]
+
+    def run(self, *arrays):
+        from qir.errors import QirError
+        got = self.compiled.run(**dict(zip(self.args, arrays)))
+        picked = []
+        for name in self.outputs:
+            key = name + ".out" if name + ".out" in got else name
+            if key not in got:
+                raise QirError(f"the compiled model has no output for %{name} (it has {sorted(got)})")
+            picked.append(got[key])
+        return picked
 
 
 def main(argv=None) -> int:
