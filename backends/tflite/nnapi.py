@@ -152,8 +152,8 @@ def fixed_output_spec(op: Op) -> str | None:
 
 RULES = {
     "delegated": mapped,
-    "op-version": op_version,
     "float-only": float_only,
+    "op-version": op_version,
     "rank-4": rank_at_most_4,
     "no-int16": no_int16,
     "fc-no-int16": fc_no_int16,
@@ -172,8 +172,8 @@ def nnapi_violations(module: Module) -> list[Violation]:
             reason = rule(op)
             if reason:
                 found.append(Violation(source_of(op), f"{op.name} {value_ref(op.results[0])}", name, reason))
-            if name == "delegated" and reason:
-                break  # the other rules describe the delegate's mapping of an op it does not map
+            if name in ("delegated", "float-only") and reason:
+                break  # the other rules describe a mapping that does not exist for this op
     return found
 
 
