@@ -3,9 +3,10 @@
 
 What changes, and why (each measured in onnxruntime-qnn's HTP simulator, see docs/qnn-backend.md):
 - activations are unsigned (u8, u16): the same grid as qir's signed specs, zero point + 2^(b-1);
-- each op runs in one width, 16 bit when its result or any activation operand is 16 bit; an
-  operand of the other width gets an explicit `qnn.convert` (HTP runs a u8 x u8 -> u16 MatMul in
-  float, and converts a u16 x u16 MatMul's second operand to u8 behind the user's back);
+- each op runs in one width, 16 bit when its result or any activation operand is 16 bit (a MatMul
+  of two activations: its result's width); an operand of the other width gets an explicit
+  `qnn.convert` (HTP runs a u8 x u8 -> u16 MatMul in float, and converts a u16 x u16 MatMul's
+  second operand to u8 behind the user's back);
 - a 16-bit MatMul of two activations takes its second operand as s16 with zero point 0, which
   HTP runs natively (u16 x s16);
 - silu is sigmoid then mul; sigmoid's output has the fixed spec [0, 1];
@@ -207,9 +208,13 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
 
 
 def lower_matmul(lz: Legalizer, op: Op) -> Value:
-    """Two activations: u16 x s16 (or u8 x u8); transpose_b becomes an explicit transpose."""
+    """Two activations: u16 x s16 (or u8 x u8); transpose_b becomes an explicit transpose.
+
+    The width is the result's: HTP fuses a 16-bit MatMul with a following Convert to u8 into a
+    kernel that computes wrong values (measured: 136 LSB on the logits of a tiny llama, 2 LSB once
+    the 16-bit result was made a graph output), so an 8-bit result takes 8-bit operands."""
     name = op.results[0].name
-    bits = lz.width(op)
+    bits = need_spec(op.results[0]).bits
     a = lz.operand(op.operands[0], bits, name + ".a")
     b_src = op.operands[1]
     if b_src.is_constant:
