@@ -23,6 +23,8 @@ DEFAULT_RECIPE = "float"
 def recipe_pipeline(name: str) -> str:
     """The pipeline of a named recipe; a .json path runs the quantization recipe in that file."""
     if name.endswith(".json"):
+        from qir.quant_recipe import load_recipe
+        load_recipe(name)  # a malformed recipe fails now, not after loading and calibrating a model
         return f"canonicalize,dce,calibrate,quantize{{recipe={name}}}"
     if name not in RECIPES:
         raise QirError(f"unknown recipe '{name}'; available: "

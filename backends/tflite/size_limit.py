@@ -64,5 +64,5 @@ def check_file_size(func: Function) -> None:
     names = ", ".join(f"{value_ref(v)} {human_bytes(v.type.nbytes)}" for v in largest)
     raise QirError(f"@{func.name}: the .tflite file would take up to {human_bytes(total)} ({total} bytes), over "
                    f"the flatbuffer limit of {human_bytes(FLATBUFFER_LIMIT)} ({FLATBUFFER_LIMIT} bytes, 32-bit "
-                   f"offsets); largest tensors: {names}. Emit fewer layers or smaller weights (4-bit weights "
-                   f"are stored in int8 here)")
+                   f"offsets); largest tensors: {names}. Keep fewer blocks (qir-compile --layers N) or split the "
+                   f"model (4-bit weights take int8 storage here)")
