@@ -176,13 +176,13 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
     if not w.is_constant:
         raise QirError(f"qnn: q.linear %{name} needs a constant weight")
     wspec = w.quant
-    if wspec is None or wspec.axis != 0 or wspec.bits not in (4, 8):
-        raise QirError(f"qnn: weight @{w.name} of %{name} needs an int8 (or int4) spec per output channel "
-                       f"(axis 0), has {wspec}")
-    if wspec.block_size is not None:
+    if wspec is not None and wspec.block_size is not None:
         raise QirError(f"qnn: weight @{w.name} of %{name} is quantized in blocks of {wspec.block_size}; HTP runs "
                        "4-bit blocks correctly only in the LPBQ pattern, which is not lowered yet "
                        "(plain blockwise DequantizeLinear is accepted and silently wrong)")
+    if wspec is None or wspec.axis != 0 or wspec.bits not in (4, 8):
+        raise QirError(f"qnn: weight @{w.name} of %{name} needs an int8 (or int4) spec per output channel "
+                       f"(axis 0), has {wspec}")
     bits = lz.width(op)
     xv = lz.operand(x, bits, name + ".x")
     scales = lz.src.weights.get(wspec.scale) if isinstance(wspec.scale, str) else np.asarray(wspec.scale)
