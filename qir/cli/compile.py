@@ -24,7 +24,8 @@ def build_parser() -> ArgumentParser:
     group.add_argument("--recipe", default=None,
                        help=f"a named pipeline: {', '.join(RECIPES)} (default: {DEFAULT_RECIPE})")
     parser.add_argument("-o", "--outdir", type=Path, default=Path("qir-out"), help="output folder (default: qir-out)")
-    parser.add_argument("--target", help="a backend to emit for (e.g. tflite); the module must be quantized")
+    parser.add_argument("--target", help="a backend to emit for, e.g. tflite (integer when the recipe quantizes, "
+                                         "float32 for --recipe float)")
     parser.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
                         help="calibration inputs: one array per function argument, samples stacked on axis 0 "
                              "(default: text from Python's own docs through the model's tokenizer)")
