@@ -50,7 +50,7 @@ class Quantize(Pass):
                     if settings is None:
                         continue
                     if producer is not None and producer.name == "q.masked_fill":
-                        value.quant = masked_fill_spec(stats, producer, settings)
+                        value.quant = masked_fill_spec(stats, producer, settings, module)
                     else:
                         value.quant = activation_spec(stats, value.name, settings)
         for func in module.functions.values():
@@ -139,16 +139,21 @@ def activation_spec(stats, name: str, settings: dict) -> QuantSpec:
 MASK_MARGIN = 20.0  # masked scores sit this far below the smallest real score: exp(-20) ~ 2e-9
 
 
-def masked_fill_spec(stats, op, settings: dict) -> QuantSpec:
+def masked_fill_spec(stats, op, settings: dict, module: Module) -> QuantSpec:
     """The range of a masked_fill result is its input's range, extended down by MASK_MARGIN (not
     down to the fill value, e.g. -1e4: a range that wide would leave the real scores a few steps).
-    The fill value then saturates at the bottom of the grid, where softmax still gives it ~0."""
-    source = op.operands[0].name
-    if source not in stats:
-        raise QirError(f"no calibration statistics for %{source}; run calibrate on this module first")
+    The fill value then saturates at the bottom of the grid, where softmax still gives it ~0.
+    A constant input (a row of logits masked at run time) has the range of its data."""
+    source = op.operands[0]
+    if source.is_constant:
+        data = module.weights.get(source.name)
+        lo, hi = float(data.min()), float(data.max())
+    elif source.name in stats:
+        lo, hi = observed_range(stats[source.name], settings.get("observer", "minmax"), settings["bits"],
+                                settings["bits"] == 16, settings.get("percentile", 99.99))
+    else:
+        raise QirError(f"no calibration statistics for %{source.name}; run calibrate on this module first")
     value = float(op.attrs["value"])
-    lo, hi = observed_range(stats[source], settings.get("observer", "minmax"), settings["bits"],
-                            settings["bits"] == 16, settings.get("percentile", 99.99))
     lo = max(min(lo, value), lo - MASK_MARGIN)
     hi = max(hi, min(value, hi + MASK_MARGIN))
     return activation_spec({"range": ValueStats(lo, hi)}, "range", {"bits": settings["bits"], "observer": "minmax"})

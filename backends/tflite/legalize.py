@@ -53,6 +53,7 @@ class Legalizer:
         self.dst = Module(module.name, {k: v for k, v in module.attrs.items() if k != "weights"})
         self.env: dict[int, Value] = {}
         self.fused: set[int] = set()  # q ops folded into their producer (relu after linear/add)
+        self.conditions: dict[int, Value] = {}  # a runtime mask -> its bool condition, built once
 
     # -- values ----------------------------------------------------------------------------------
     def get(self, value: Value) -> Value:
@@ -230,7 +231,24 @@ def lower_softmax(lz: Legalizer, op: Op) -> Value:
     x = lz.convert(x, retype(x.quant, dtype), op.results[0].name + ".in")
     # the runtime fixes the output spec of a quantized softmax
     y = append_tfl(lz.b, "tfl.softmax", x, quant=SOFTMAX_OUTPUT[dtype], name=op.results[0].name)
+    y = zero_masked_probabilities(lz, op, y)
     return lz.convert(y, need_spec(op.results[0]), op.results[0].name + ".cvt")
+
+
+def zero_masked_probabilities(lz: Legalizer, op: Op, y: Value) -> Value:
+    """int16 SOFTMAX floors exp(d) at its table's value for d = -10, so a key masked to the bottom
+    of the range keeps up to ~1/32768 of a peaked row (the padding leaks into the attention). When
+    the input is a masked_fill whose fill saturates there, select the mask again on the
+    probabilities: masked keys weigh exactly 0, as in float. (int8 SOFTMAX gives them 0 already.)"""
+    source = op.operands[0].producer
+    if y.type.dtype != "i16" or source is None or source.name != "q.masked_fill":
+        return y
+    spec = need_spec(source.results[0])
+    if float(source.attrs["value"]) > spec.scale[0] * (spec.qmin - spec.zero_point[0]):
+        return y  # a fill inside the range is a value, not a mask
+    cond = mask_condition(lz, source.operands[1], source.results[0].name)
+    zero = lz.constant(op.results[0].name + ".zero", np.float32(0.0), y.quant)
+    return append_tfl(lz.b, "tfl.select_v2", cond, y, zero, quant=y.quant, name=op.results[0].name + ".masked")
 
 
 def lower_silu(lz: Legalizer, op: Op) -> Value:
@@ -254,18 +272,38 @@ def lower_table_activation(lz: Legalizer, op: Op) -> Value:
     return lz.emit("tfl." + op.name[2:], [x], op.results[0], x.type.dtype, **options)
 
 
+def mask_condition(lz: Legalizer, mask: Value, where: str) -> Value:
+    """The bool condition `mask != 0` that SELECT_V2 takes. A constant mask is stored as bool; a
+    runtime int32 mask (the attention mask an application passes, maybe reshaped) becomes
+    NOT_EQUAL against 0; either is built once, however many ops use the mask."""
+    if id(mask) in lz.conditions:
+        return lz.conditions[id(mask)]
+    if mask.is_constant:
+        lz.dst.add_constant(lz.b.func.unique_name(mask.name), lz.src.weights.get(mask.name) != 0)
+        lz.conditions[id(mask)] = lz.b.func.constant(list(lz.dst.constants)[-1])
+    else:
+        if mask.type.dtype != "i32":
+            raise QirError(f"tflite: q.masked_fill %{where} needs a constant or an int32 mask; "
+                           f"%{mask.name} is {mask.type}")
+        lz.dst.add_constant(lz.b.func.unique_name(mask.name + ".zero"), np.zeros((), np.int32))
+        zero = lz.b.func.constant(list(lz.dst.constants)[-1])
+        lz.conditions[id(mask)] = append_tfl(lz.b, "tfl.not_equal", lz.get(mask), zero, quant=None,
+                                             name=mask.name + ".nonzero")
+    return lz.conditions[id(mask)]
+
+
 def lower_masked_fill(lz: Legalizer, op: Op) -> Value:
-    """SELECT_V2(mask, x, fill), all in the result's spec: the fill saturates at the bottom of
-    that range instead of widening it (quantize sets the range from x; see MASK_MARGIN)."""
-    spec, mask = need_spec(op.results[0]), op.operands[1]
-    x = lz.convert(lz.get(op.operands[0]), spec, op.results[0].name + ".in")
-    if not mask.is_constant:
-        raise QirError(f"tflite: q.masked_fill %{op.results[0].name} needs a constant mask")
-    condition = lz.src.weights.get(mask.name) != 0
-    lz.dst.add_constant(lz.b.func.unique_name(mask.name), condition)
-    cond = lz.b.func.constant(list(lz.dst.constants)[-1])
-    fill = lz.constant(op.results[0].name + ".fill", np.float32(op.attrs["value"]), spec)
-    return append_tfl(lz.b, "tfl.select_v2", cond, x, fill, quant=spec, name=op.results[0].name)
+    """SELECT_V2(mask != 0, x, fill), all in the result's spec: the fill saturates at the bottom of
+    that range instead of widening it (quantize sets the range from x; see MASK_MARGIN). A
+    constant x (the pooling weights' logits, a row of zeros) is stored in that spec too."""
+    spec, source, name = need_spec(op.results[0]), op.operands[0], op.results[0].name
+    if source.is_constant:
+        x = lz.constant(source.name, lz.src.weights.get(source.name).astype(np.float32), spec)
+    else:
+        x = lz.convert(lz.get(source), spec, name + ".in")
+    cond = mask_condition(lz, op.operands[1], name)
+    fill = lz.constant(name + ".fill", np.float32(op.attrs["value"]), spec)
+    return append_tfl(lz.b, "tfl.select_v2", cond, x, fill, quant=spec, name=name)
 
 
 def lower_rope(lz: Legalizer, op: Op) -> Value:
