@@ -3,19 +3,27 @@ from __future__ import annotations
 
 from qir.errors import QirError
 
-# The built-in quantization recipes use the minmax observer, so their calibration skips histograms
-# (one pass over the data instead of two); a JSON recipe may ask for percentile or mse.
+# Bit configurations (quantization recipes of qir/quant_recipe.py) and the methods that prepare a
+# model before it is quantized. A recipe name is METHOD-BITS (`quarot-w8a8`); BITS alone is
+# `rtn-BITS`. A method's pipeline names the configuration as `@bits`. The built-in quantization
+# recipes use the minmax observer, so their calibration skips histograms (one pass over the data).
+BITS: dict[str, str] = {
+    "w8a8": "int8 weights per channel, int8 activations; residual stream, norm inputs and softmax in int16",
+    "a16w8": "int8 weights per channel, int16 activations",
+    "w4a8": "int4 weights per channel, int8 activations (wide tensors in int16)",
+    "w4a16": "int4 weights per channel, int16 activations",
+}
+METHODS: dict[str, tuple[str, str]] = {
+    # name: (pipeline with @bits, what it does)
+    "rtn": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=@bits}",
+            "static min/max ranges, weights rounded to nearest"),
+}
 RECIPES: dict[str, tuple[str, str]] = {
     # name: (pipeline, what it is for)
     "float": ("canonicalize,dce", "lower and clean up the float model; no quantization"),
-    "w8a8": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=w8a8}",
-             "int8 weights per channel, int8 activations; residual stream, norm inputs and softmax in int16"),
-    "a16w8": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=a16w8}",
-              "int8 weights per channel, int16 activations"),
-    "w4a8": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=w4a8}",
-             "int4 weights per channel, int8 activations (wide tensors in int16)"),
-    "w4a16": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=w4a16}",
-              "int4 weights per channel, int16 activations"),
+    **{bits: (METHODS["rtn"][0].replace("@bits", bits), why) for bits, why in BITS.items()},
+    **{f"{method}-{bits}": (pipeline.replace("@bits", bits), f"{why}; {BITS[bits]}")
+       for method, (pipeline, why) in METHODS.items() for bits in BITS},
 }
 DEFAULT_RECIPE = "float"
 
@@ -27,6 +35,7 @@ def recipe_pipeline(name: str) -> str:
         load_recipe(name)  # a malformed recipe fails now, not after loading and calibrating a model
         return f"canonicalize,dce,calibrate,quantize{{recipe={name}}}"
     if name not in RECIPES:
-        raise QirError(f"unknown recipe '{name}'; available: "
-                       + "; ".join(f"{k} ({why})" for k, (_, why) in RECIPES.items()))
+        raise QirError(f"unknown recipe '{name}'; available: float, BITS or METHOD-BITS with BITS one of "
+                       f"{', '.join(BITS)} and METHOD one of "
+                       + ", ".join(f"{m} ({why})" for m, (_, why) in METHODS.items()))
     return RECIPES[name][0]

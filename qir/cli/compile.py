@@ -14,7 +14,7 @@ KEPT_INFO = ("bos_token_id", "eos_token_id", "pad_token_id", "add_bos")
 
 
 def build_parser() -> ArgumentParser:
-    from qir.recipes import DEFAULT_RECIPE, RECIPES
+    from qir.recipes import BITS, DEFAULT_RECIPE, METHODS
     parser = ArgumentParser(prog="qir-compile", description="Lower a model to qir IR, run a recipe or pipeline, "
                                                             "and write the result.")
     parser.add_argument("model", nargs="?", help=f"a .gguf file, a Hugging Face folder, a .qir file, or one of "
@@ -22,7 +22,8 @@ def build_parser() -> ArgumentParser:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-p", "--pipeline", help="passes to run, e.g. 'canonicalize,dce'")
     group.add_argument("--recipe", default=None,
-                       help=f"a named pipeline: {', '.join(RECIPES)} (default: {DEFAULT_RECIPE})")
+                       help=f"float, BITS or METHOD-BITS (e.g. rtn-w8a8); BITS: {', '.join(BITS)}; METHOD: "
+                            f"{', '.join(METHODS)}; or a recipe .json file (default: {DEFAULT_RECIPE})")
     parser.add_argument("-o", "--outdir", type=Path, default=Path("qir-out"), help="output folder (default: qir-out)")
     parser.add_argument("--target", help="a backend to emit for, e.g. tflite (integer when the recipe quantizes, "
                                          "float32 for --recipe float)")
