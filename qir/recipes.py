@@ -17,6 +17,8 @@ METHODS: dict[str, tuple[str, str]] = {
     # name: (pipeline with @bits, what it does)
     "rtn": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=@bits}",
             "static min/max ranges, weights rounded to nearest"),
+    "smoothquant": ("canonicalize,dce,smooth{recipe=@bits},calibrate{histogram=false},quantize{recipe=@bits}",
+                    "SmoothQuant per-channel scales folded into the weights, alpha searched per layer; then rtn"),
 }
 RECIPES: dict[str, tuple[str, str]] = {
     # name: (pipeline, what it is for)
