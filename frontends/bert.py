@@ -25,7 +25,6 @@ from qir.weights import SafetensorsEntry, WeightStore
 # A finite fill for masked attention scores: exp(-1e4 - max) is exactly 0 in f32, and unlike
 # -inf it leaves the scores tensor with a range that quantizes.
 MASK_FILL = -1e4
-POOL_MIN_COUNT = 1e-9  # sentence-transformers' clamp: an all-padding row pools to zeros, not NaN
 
 ACTIVATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "relu": None}
 SAFETENSORS_DTYPES = {"F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16"}
@@ -218,21 +217,24 @@ class EncoderBuilder:
                                f"{key}.output.LayerNorm", f"{v}.out")
 
     def mean_pool(self, hidden, attention_mask):
-        """sum(h * mask) / max(sum(mask), 1e-9) over the tokens, as sentence-transformers pools."""
+        """The mean of the real tokens' states as one matmul by pooling weights: a softmax over a
+        row of zeros with the padding masked to MASK_FILL is exactly 1/count on real tokens and 0
+        on padding. Integer runtimes have no division and a broken quantized SUM; a softmax and a
+        matmul they run well, and an error in 1/count, the same for every token, leaves the
+        embedding's direction unchanged. (A row with no real token pools to the mean of all.)"""
         b, L = self.b, self.L
-        mask = b.cast(attention_mask, dtype="f32", name="pool.mask")
-        mask = b.reshape(mask, shape=[1, L, 1], name="pool.mask.tokens")
-        total = b.reduce_sum(b.mul(hidden, mask, name="pool.masked"), axes=[1], name="pool.sum")
-        count = b.reduce_sum(mask, axes=[1], name="pool.count")
-        count = b.maximum(count, b.const("pool_min_count"), name="pool.count.safe")
-        return b.div(total, count, name="embedding")
+        mask = b.reshape(attention_mask, shape=[1, 1, L], name="pool.mask")
+        logits = b.masked_fill(b.const("pool_logits"), mask, value=MASK_FILL, name="pool.logits")
+        weights = b.softmax(logits, axis=-1, name="pool.weights")
+        pooled = b.matmul(weights, hidden, name="pool.mean")
+        return b.reshape(pooled, shape=[1, self.cfg.hidden], name="embedding")
 
     def build(self):
         b, L = self.b, self.L
         input_ids = b.arg("input_ids", (1, L), "i32")
         attention_mask = b.arg("attention_mask", (1, L), "i32")
         b.const("attn_scale", np.float32(1 / math.sqrt(self.cfg.head_dim)))  # HF scales the scores, not q
-        b.const("pool_min_count", np.float32(POOL_MIN_COUNT))
+        b.const("pool_logits", np.zeros((1, 1, L), np.float32))
         # Padding hides keys only: every query row still sees its real tokens, as in Hugging Face.
         key_mask = b.reshape(attention_mask, shape=[1, 1, 1, L], name="key_mask")
         x = self.embeddings(input_ids)

@@ -34,7 +34,9 @@ def sqnr_by_value(module: Module, inputs: list[tuple]) -> dict[str, float]:
                 ref, out = ref[kept], out[kept]
             signal[name] = signal.get(name, 0.0) + float((ref ** 2).sum())
             noise[name] = noise.get(name, 0.0) + float(((out - ref) ** 2).sum())
-    order = [r.name for f in module.functions.values() for op in f.ops for r in op.results if r.name in quantized]
+    # a value that is exactly 0 wherever it is compared, in both modes (the pooling logits), has no SQNR
+    order = [r.name for f in module.functions.values() for op in f.ops for r in op.results
+             if r.name in quantized and (signal[r.name] > 0 or noise[r.name] > 0)]
     return {n: float(10 * np.log10(max(signal[n], 1e-30) / max(noise[n], 1e-30))) for n in order}
 
 
