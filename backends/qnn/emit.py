@@ -18,14 +18,15 @@ from qir.ir import Module, Op, Value
 from qir.quant import QuantSpec
 from qir.verifier import verify
 
-OPSET = 21  # int16 / uint16 QDQ, and Gelu (20)
-IR_VERSION = 10
+OPSET = 23  # int16 / uint16 QDQ (21), Gelu (20), RMSNormalization (23)
+IR_VERSION = 11  # the IR version of opset 23
 STORAGE = {(8, True): np.int8, (8, False): np.uint8, (16, True): np.int16, (16, False): np.uint16,
            (32, True): np.int32, (4, True): np.int8}  # 4-bit weights keep their grid in int8
 ONNX_OPS = {"q.add": "Add", "q.sub": "Sub", "q.mul": "Mul", "q.relu": "Relu", "q.sigmoid": "Sigmoid",
             "q.tanh": "Tanh", "q.softmax": "Softmax", "q.matmul": "MatMul", "q.transpose": "Transpose",
             "q.reshape": "Reshape", "q.slice": "Slice", "q.concat": "Concat", "q.gather": "Gather",
-            "q.gelu": "Gelu", "q.masked_fill": "Where", "q.linear": "MatMul"}
+            "q.gelu": "Gelu", "q.masked_fill": "Where", "q.linear": "MatMul",
+            "q.rms_norm": "RMSNormalization", "q.layer_norm": "LayerNormalization"}
 
 
 def storage(spec: QuantSpec, what: str):
@@ -154,6 +155,8 @@ class Emitter:
             attrs = {"axis": int(op.attrs["axis"])}
         elif op.name == "q.transpose":
             attrs = {"perm": [int(p) for p in op.attrs["perm"]]}
+        elif op.name in ("q.rms_norm", "q.layer_norm"):
+            attrs = {"axis": -1, "epsilon": float(op.attrs["eps"])}
         elif op.name == "q.gelu":
             attrs = {"approximate": op.attrs["approximate"]}
         elif op.name == "q.reshape":

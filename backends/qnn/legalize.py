@@ -11,7 +11,10 @@ What changes, and why (each measured in onnxruntime-qnn's HTP simulator, see doc
   HTP runs natively (u16 x s16);
 - silu is sigmoid then mul; sigmoid's output has the fixed spec [0, 1];
 - a linear with a bias is a Gemm, so it runs on 2-D inputs (reshapes around it);
-- weights stay int8 per output channel; 4-bit weights per channel keep their grid in int8.
+- weights stay int8 per output channel; 4-bit weights per channel keep their grid in int8;
+- rms_norm is RMSNormalization (HTP RmsNorm) with an s16 gamma when it runs in 16 bit, a u8 one
+  in 8 bit; layer_norm is LayerNormalization with a u8 gamma and an int32 beta, the only form HTP
+  runs in fixed point. A norm runs in its input's width: HTP runs u16 -> u8 in float.
 
 The fake-quant interpreter run on the result is the QDQ reference the emitted graph must match."""
 from __future__ import annotations
@@ -284,6 +287,60 @@ def lower_masked_fill(lz: Legalizer, op: Op) -> Value:
     return lz.op("q.masked_fill", [x, cond], spec, name, value=op.attrs["value"])
 
 
+def gamma_u8(data: np.ndarray) -> QuantSpec:
+    """u8 over [min(0, γ), max(0, γ)]: a positive gamma uses all 256 steps."""
+    lo, hi = min(0.0, float(data.min())), max(0.0, float(data.max()))
+    scale = (hi - lo) / 255 or 1.0
+    return QuantSpec(8, False, scale=(scale,), zero_point=(int(round(-lo / scale)),))
+
+
+def gamma_s16(data: np.ndarray, spec: QuantSpec | None) -> QuantSpec:
+    """qir's own int16 spec of a norm weight when it has one (symmetric, zero point 0), else one."""
+    if spec is not None and spec.bits == 16 and spec.signed and spec.scheme == "per-tensor" \
+            and not isinstance(spec.scale, str) and spec.zero_point[0] == 0:
+        return spec
+    return QuantSpec(16, True, scale=((float(np.abs(data).max()) or 1.0) / 32767,), zero_point=(0,))
+
+
+def norm_width(lz: Legalizer, op: Op) -> int:
+    """A norm runs in its input's width (HTP runs a u16 -> u8 norm in float; an 8-bit input is
+    widened when the result is 16 bit)."""
+    x_bits = lz.get(op.operands[0]).quant.bits
+    return 16 if x_bits == 16 or need_spec(op.results[0]).bits == 16 else 8
+
+
+def lower_rms_norm(lz: Legalizer, op: Op) -> Value:
+    x, w = op.operands
+    name = op.results[0].name
+    if not w.is_constant:
+        raise QirError(f"qnn: q.rms_norm %{name} needs a constant weight")
+    bits = norm_width(lz, op)
+    xv = lz.operand(x, bits, name + ".x")
+    data = lz.src_data(w).astype(np.float32)
+    gamma = lz.constant(w.name, data, gamma_s16(data, w.quant) if bits == 16 else gamma_u8(data))
+    y = lz.op("q.rms_norm", [xv, gamma], in_width(need_spec(op.results[0]), bits), name, eps=op.attrs["eps"])
+    return lz.finish(y, op.results[0])
+
+
+def lower_layer_norm(lz: Legalizer, op: Op) -> Value:
+    """HTP runs LayerNorm in fixed point only with a u8 gamma and an int32 beta (measured: a u16 or
+    s8 gamma, or a u8 / u16 beta, puts it in float or off HTP). Beta's int32 grid spans its range
+    (2^30 steps, exact in float32): its rounding is far below any output step."""
+    x, w, b = op.operands
+    name = op.results[0].name
+    if not (w.is_constant and b.is_constant):
+        raise QirError(f"qnn: q.layer_norm %{name} needs a constant weight and bias")
+    bits = norm_width(lz, op)
+    xv = lz.operand(x, bits, name + ".x")
+    w_data, b_data = lz.src_data(w).astype(np.float32), lz.src_data(b).astype(np.float32)
+    gamma = lz.constant(w.name, w_data, gamma_u8(w_data))
+    beta_scale = (float(np.abs(b_data).max()) or 1.0) / 2 ** 30
+    beta = lz.constant(b.name, b_data, QuantSpec(32, True, scale=(beta_scale,), zero_point=(0,)))
+    y = lz.op("q.layer_norm", [xv, gamma, beta], in_width(need_spec(op.results[0]), bits), name,
+              eps=op.attrs["eps"])
+    return lz.finish(y, op.results[0])
+
+
 def lower_move(lz: Legalizer, op: Op) -> Value:
     """reshape, transpose, slice: the integers move unchanged, so the result keeps the input's spec."""
     x = lz.get(op.operands[0])
@@ -353,6 +410,7 @@ RULES = {
     "q.masked_fill": lower_masked_fill,
     "q.reshape": lower_move, "q.transpose": lower_move, "q.slice": lower_move,
     "q.concat": lower_concat, "q.gather": lower_gather, "q.rope": lower_rope,
+    "q.rms_norm": lower_rms_norm, "q.layer_norm": lower_layer_norm,
 }
 
 

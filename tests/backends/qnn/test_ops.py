@@ -64,6 +64,10 @@ CASES = {
         [(1, L, D), (1, 2, L, D)], None),
     "rope_half": (lambda b, w, x: b.rope(x, b.const("cos", rope_tables()[0]), b.const("sin", rope_tables()[1]),
                                          name="y"), [(1, 2, L, D)], None),
+    "rms_norm": (lambda b, w, x: b.rms_norm(x, b.const("gamma", np.linspace(0.2, 2.0, D, dtype=np.float32)),
+                                            eps=1e-5, name="y"), [(1, L, D)], None),
+    "layer_norm": (lambda b, w, x: b.layer_norm(x, b.const("gamma", np.linspace(0.2, 2.0, D, dtype=np.float32)),
+                                                w("beta", D), eps=1e-5, name="y"), [(1, L, D)], None),
     "rope_interleaved": (lambda b, w, x: b.rope(x, b.const("cos", rope_tables()[0]), b.const("sin", rope_tables()[1]),
                                                 layout="interleaved", name="y"), [(1, 2, L, D)], None),
 }

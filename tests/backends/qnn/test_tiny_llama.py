@@ -1,5 +1,10 @@
-"""A tiny random llama (2 layers, GQA, RoPE, causal mask, SwiGLU) with its RMS norms removed (the
-QNN lowering of norms is not written yet), quantized, legalized and run on the HTP simulator."""
+"""A tiny random llama (2 layers, RMS norms, GQA, RoPE, causal mask, SwiGLU), quantized, legalized
+and run on the HTP simulator.
+
+HTP and the QDQ reference differ by about one step on single ops (FullyConnected rounds a few
+values the other way); across two layers a one-step difference of an 8-bit value is 257 steps of
+the 16-bit residual it is added to, and each RMS norm rescales it, so the logits' bound below is
+what that propagation gives, measured value by value in docs/qnn-backend.md."""
 import numpy as np
 import pytest
 
@@ -16,21 +21,17 @@ SEQ_LEN, VOCAB = 8, 64
 CONFIG = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                      num_kv_heads=2, head_dim=8)
 # the largest |HTP - QDQ on CPU| measured on the logits, in LSB (see docs/qnn-backend.md)
-HTP_BOUND = {"w8a8": 3, "a16w8": 14}
+HTP_BOUND = {"w8a8": 17, "a16w8": 54}
 
 
-def tiny_llama_without_norms() -> qir.Module:
+def tiny_llama() -> qir.Module:
     rng = np.random.default_rng(0)
     weights = WeightStore()
     for name, shape in hf_tensor_shapes(CONFIG).items():
-        weights.set(name, rng.normal(0, 0.2, shape).astype(np.float32))
-    module = build_llama(CONFIG, weights, SEQ_LEN, name="tiny")
-    func = module.main
-    for op in [op for op in func.ops if op.name == "q.rms_norm"]:
-        op.results[0].replace_all_uses_with(op.operands[0])
-        func.erase(op)
-    qir.verify(module)
-    return module
+        # norm weights near one, as trained models have them
+        data = rng.uniform(0.5, 1.5, shape) if "norm" in name else rng.normal(0, 0.2, shape)
+        weights.set(name, data.astype(np.float32))
+    return build_llama(CONFIG, weights, SEQ_LEN, name="tiny")
 
 
 def tokens(count, seed):
@@ -40,19 +41,21 @@ def tokens(count, seed):
 
 @pytest.mark.parametrize("recipe", ["w8a8", "a16w8"])
 def test_tiny_llama_on_htp(recipe):
-    module = quantize(tiny_llama_without_norms(), recipe, tokens(8, seed=0))
+    module = quantize(tiny_llama(), recipe, tokens(8, seed=0))
+    assert sum(op.name == "q.rms_norm" for op in legalize_qnn(module).main.ops) == 5
     result = fidelity(module, tokens(2, seed=5))
     print(f"tiny llama {recipe}: {result}")
-    assert result.cpu_vs_fake_quant <= 2.01  # float32 summation order, compounded over two layers
+    # float32 summation order (jax against onnxruntime), compounded over two layers and five norms
+    assert result.cpu_vs_fake_quant <= 14.01
     assert result.htp_vs_cpu <= HTP_BOUND[recipe] + 0.01, str(result)
 
 
 def test_htp_logits_track_the_float_model():
     """SQNR of HTP's logits against the float model: 16-bit activations must beat 8-bit."""
-    float_model = tiny_llama_without_norms()
+    float_model = tiny_llama()
     sqnr = {}
     for recipe in ("w8a8", "a16w8"):
-        legal = legalize_qnn(quantize(tiny_llama_without_norms(), recipe, tokens(8, seed=0)))
+        legal = legalize_qnn(quantize(tiny_llama(), recipe, tokens(8, seed=0)))
         model = emit_onnx(legal).SerializeToString()
         signal = noise = 0.0
         for (ids,) in tokens(2, seed=5):
