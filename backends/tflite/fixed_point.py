@@ -108,6 +108,19 @@ def wrap_int32(x) -> np.ndarray:
     return ((_as_i64(x) + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
+def multiply_by_real(x, scale) -> np.ndarray:
+    """static_cast<int32_t>(std::round(static_cast<double>(x) * scale)): the reference
+    FULLY_CONNECTED kernels scale the accumulator by the double effective scale itself, with no
+    integer multiplier. x -> double, the product and the half-away rounding are all IEEE double,
+    as in the C++. A result outside int32 becomes INT32_MIN, whatever its sign: the conversion is
+    undefined in C++ and x86-64's cvttsd2si gives that (measured: positive overflows come out of
+    the runtime at the bottom of the output range)."""
+    real = np.asarray(x, dtype=np.int64).astype(np.float64) * np.asarray(scale, dtype=np.float64)
+    rounded = round_half_away(real)
+    inside = (rounded >= INT32_MIN) & (rounded <= INT32_MAX)
+    return np.where(inside, np.where(inside, rounded, 0).astype(np.int64), INT32_MIN)
+
+
 ROUNDINGS = {
     "single": multiply_single_rounding,
     "double": multiply_double_rounding,

@@ -5,14 +5,16 @@ import numpy as np
 
 from backends.tflite.dialect.base import (INT_RANGES, TflOp, activation_range, clamp, f32, scale_of,
                                           tensor_spec, zero_of)
-from backends.tflite.fixed_point import quantize_multiplier, requantize
+from backends.tflite.fixed_point import multiply_by_real, quantize_multiplier, requantize, wrap_int32
 from qir.errors import QirError
 from qir.ops.base import broadcast_shape
 
 # How each kernel rounds its requantization in ai-edge-litert 2.3 (measured: see
-# docs/tflite-backend.md). int16 activations accumulate in int64, which the runtime requantizes
-# with a multiplier reduced to 16 bits.
-FC_ROUNDING = {"i8": "single", "i16": "single"}
+# docs/tflite-backend.md). The reference FULLY_CONNECTED kernels (int8 and int16, per-tensor and
+# per-channel) take the float scales and round double(acc) * (s_x * s_w[n] / s_y) in double: no
+# integer multiplier. BATCH_MATMUL int16 accumulates in int64, which the runtime requantizes with a
+# multiplier reduced to 16 bits.
+FC_ROUNDING = {"i8": "float64", "i16": "float64"}
 BATCH_MATMUL_ROUNDING = {"i8": "double", "i16": "int64"}
 
 
@@ -30,13 +32,15 @@ class FullyConnected(TflOp):
 
     x [..., K] (the leading axes are kept: keep_num_dims), w [N, K] int8 per-tensor or
     per-channel along axis 0 with zero point 0, b [N] int32 (int64 for int16 activations).
-    One (multiplier, shift) per output channel: real = s_x * s_w[n] / s_y."""
+    One effective scale per output channel, double(s_x) * double(s_w[n]) / double(s_y), by which
+    the reference kernel multiplies the accumulator in double before rounding half away: the
+    (multiplier, shift) that Prepare also computes is used only by the optimized kernels."""
 
     name = "tfl.fully_connected"
     tflite_op = "FULLY_CONNECTED"
     num_operands = (2, 3)
     options = {"fused_activation": "NONE"}
-    params = ("input_offset", "output_offset", "multiplier", "shift", "activation_min", "activation_max", "rounding")
+    params = ("input_offset", "output_offset", "scale", "activation_min", "activation_max", "rounding")
     rounding_by_dtype = FC_ROUNDING
 
     float_dtypes = ("f32",)
@@ -63,21 +67,20 @@ class FullyConnected(TflOp):
         if sy is None:
             raise QirError(f"{cls.name}: the result needs a quant spec")
         scales = weight_scales(cls.name, w)
-        multipliers, shifts = zip(*(quantize_multiplier(scale_of(sx) * s / scale_of(sy)) for s in scales))
+        # the kernel's order: (double(input_scale) * double(filter_scale)) / double(output_scale)
+        effective = tuple(scale_of(sx) * s / scale_of(sy) for s in scales)
         low, high = activation_range(options["fused_activation"], sy)
-        return {"input_offset": -zero_of(sx), "output_offset": zero_of(sy), "multiplier": tuple(multipliers),
-                "shift": tuple(shifts), "activation_min": low, "activation_max": high,
-                "rounding": FC_ROUNDING[x.type.dtype]}
+        return {"input_offset": -zero_of(sx), "output_offset": zero_of(sy), "scale": effective,
+                "activation_min": low, "activation_max": high, "rounding": FC_ROUNDING[x.type.dtype]}
 
     def integer(self, x, w, b=None):
         acc = np.einsum("...k,nk->...n", np.asarray(x, np.int64) + self.attrs["input_offset"],
                         np.asarray(w, np.int64))
         if b is not None:
             acc = acc + np.asarray(b, np.int64)
-        n = w.shape[0]
-        mult = np.broadcast_to(np.asarray(self.attrs["multiplier"], np.int64), (n,))
-        shift = np.broadcast_to(np.asarray(self.attrs["shift"], np.int64), (n,))
-        y = requantize(acc, mult, shift, self.attrs["rounding"]) + self.attrs["output_offset"]
+        scale = np.broadcast_to(np.asarray(self.attrs["scale"], np.float64), (w.shape[0],))
+        # the offset is added in int32: after an out-of-range product (INT32_MIN) it wraps
+        y = wrap_int32(multiply_by_real(acc, scale) + self.attrs["output_offset"])
         return clamp(y, *self.out_range(), self.results[0].type.dtype)
 
 

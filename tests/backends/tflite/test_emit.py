@@ -76,7 +76,7 @@ def test_buffers_aligned_and_signature_named():
 def test_tfl_ir_prints_and_parses_back():
     g = fc_add_graph(6)
     text = print_module(g.module)
-    assert "multiplier = [" in text and "rounding = \"single\"" in text
+    assert "scale = [" in text and "rounding = \"float64\"" in text
     assert print_module(parse(text)) == text
 
 

@@ -65,6 +65,104 @@ def test_fully_connected_fused_activation(activation):
     assert runtime["y"].min() >= op.attrs["activation_min"] > -128
 
 
+def _near_half_integer(e: float, limit: float) -> int | None:
+    """The largest q with q·e < limit among the continued-fraction convergents h/q of 2e whose
+    numerator h is odd: q·e is then within 1/(2·q_next) of the half-integer h/2."""
+    num, den = (2 * e).as_integer_ratio()
+    h0, h1, q0, q1, best = 0, 1, 1, 0, None
+    while den:
+        a, (num, den) = num // den, (den, num % den)
+        h0, h1, q0, q1 = h1, a * h1 + h0, q1, a * q1 + q0
+        if q1 * e >= limit:
+            break
+        if h1 % 2:
+            best = q1
+    return best
+
+
+def _through_integer_multiplier(op, x, w, b) -> np.ndarray:
+    """What the FC gave with QuantizeMultiplier and single rounding (the multiplier Prepare also
+    derives, which only the optimized kernels use): wrong next to ties."""
+    from backends.tflite.dialect.base import f32
+    from backends.tflite.fixed_point import multiply_single_rounding, quantize_multiplier
+    acc = (x.astype(np.int64) + op.attrs["input_offset"]) @ w.astype(np.int64).T + b
+    sx, sy = f32(op.operands[0].quant.scale[0]), f32(op.results[0].quant.scale[0])
+    mult, shift = zip(*(quantize_multiplier(sx * f32(s) / sy) for s in op.operands[1].quant.scale))
+    y = multiply_single_rounding(acc, np.asarray(mult), np.asarray(shift)) + op.attrs["output_offset"]
+    return np.clip(y, op.attrs["activation_min"], op.attrs["activation_max"])
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_fully_connected_int16_wide_near_ties(seed):
+    """int16 x, per-channel int8 w, 4096 outputs (a logits layer): the reference kernel scales
+    the accumulator by the double s_x·s_w[n]/s_y and rounds, which differs from QuantizeMultiplier's
+    31-bit multiplier where the product sits within ~2^-31 (relative) of a half. The bias puts
+    row 0 of every channel there (±q with q·e next to a half-integer); the other rows are random."""
+    rng = np.random.default_rng(100 + seed)
+    n, k, batch = 4096, 64, 4
+    sx = spec("i16", float(rng.uniform(1e-4, 1e-3)))
+    w_scales = tuple(float(np.float32(s)) for s in rng.uniform(0.002, 0.02, n))
+    out = spec("i16", float(np.float32(sx.scale[0] * 0.02 * 128 * np.sqrt(k) * 32768 / 4 / 30000)))
+    x = random_ints(rng, "i16", (batch, k))
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    b = rng.integers(-3000, 3000, n).astype(np.int64)
+    dots = x[0].astype(np.int64) @ w.astype(np.int64).T
+    for c in range(n):
+        e = float(np.float32(sx.scale[0])) * w_scales[c] / float(np.float32(out.scale[0]))
+        q = _near_half_integer(e, 30000.0)
+        if q is not None:
+            b[c] = (q if c % 2 else -q) - dots[c]
+    g = Graph()
+    y = g.op("tfl.fully_connected", g.arg("x", x, sx), g.const("w", w, spec("i8", w_scales, 0, axis=0)),
+             g.const("b", b), quant=out, name="y")
+    g.ret(y)
+    runtime = compare_with_runtime(g, f"fc i16 per-channel N={n} near ties #{seed}")
+    _lively(runtime, "y")
+    # the case discriminates: through the integer multiplier, many near-tie elements come out wrong
+    assert np.count_nonzero(_through_integer_multiplier(g.module.main.ops[0], x, w, b) != runtime["y"]) > 100
+
+
+@pytest.mark.parametrize("dtype", BOTH)
+def test_fully_connected_exact_ties_round_half_away(dtype):
+    """Power-of-two scales make s_x·s_w[n]/s_y = 2^-3..2^-5 exactly: many products are exact halves,
+    and the kernel's std::round takes the negative ones away from zero (a rounding right shift
+    would take them up)."""
+    rng = np.random.default_rng(7)
+    n, k = 64, 8
+    zero = 0 if dtype == "i16" else 3
+    x = rng.integers(-20, 21, (32, k))
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    g = Graph()
+    xv = g.arg("x", x.astype(np.int16 if dtype == "i16" else np.int8), spec(dtype, 2.0 ** -10, zero))
+    w_scales = tuple(float(2.0 ** -s) for s in rng.integers(6, 9, n))
+    b = rng.integers(-5, 6, n).astype(np.int64 if dtype == "i16" else np.int32)
+    out = spec(dtype, 2.0 ** -13, 0 if dtype == "i16" else -4)
+    g.ret(g.op("tfl.fully_connected", xv, g.const("w", w, spec("i8", w_scales, 0, axis=0)), g.const("b", b),
+               quant=out, name="y"))
+    op = g.module.main.ops[0]
+    acc = (x + op.attrs["input_offset"]) @ w.astype(np.int64).T + b
+    real = acc * (2.0 ** -10 * np.asarray(w_scales) / 2.0 ** -13)  # exact: powers of two
+    low, high = INT_RANGE[dtype]
+    ties = (real % 1 == 0.5) & (real < 0) & (real + op.attrs["output_offset"] > low)
+    assert ties.sum() > 20
+    _lively(compare_with_runtime(g, f"fc {dtype} exact ties"), "y")
+
+
+@pytest.mark.parametrize("output_zero", [5, -5])
+def test_fully_connected_product_beyond_int32(output_zero):
+    """s_x·s_w/s_y = 10^6: products beyond int32 convert to INT32_MIN (positive ones too), then the
+    output zero point is added in int32 — a negative one wraps that to the top of the range."""
+    rng = np.random.default_rng(3)
+    n, k = 16, 16
+    g = Graph()
+    x = g.arg("x", random_ints(rng, "i8", (4, k)), spec("i8", 1.0))
+    w = g.const("w", rng.integers(-127, 128, (n, k)).astype(np.int8), spec("i8", (1.0,) * n, 0, axis=0))
+    b = g.const("b", np.zeros(n, np.int32))
+    g.ret(g.op("tfl.fully_connected", x, w, b, quant=spec("i8", 1e-6, output_zero), name="y"))
+    runtime = compare_with_runtime(g, f"fc i8 beyond int32, output zero point {output_zero}")
+    assert set(np.unique(runtime["y"])) <= {-128, 127}
+
+
 def binary_case(op_name, dtype, seed):
     rng = np.random.default_rng(seed)
     rows, cols = int(rng.integers(2, 17)), int(rng.integers(8, 129))
@@ -83,6 +181,7 @@ def binary_case(op_name, dtype, seed):
 
 
 RANGE_OF = {"i8": 128, "i16": 32768}
+INT_RANGE = {"i8": (-128, 127), "i16": (-32768, 32767)}
 
 
 @pytest.mark.parametrize("op_name", ["tfl.add", "tfl.sub", "tfl.mul"])
