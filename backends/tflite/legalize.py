@@ -251,6 +251,16 @@ def zero_masked_probabilities(lz: Legalizer, op: Op, y: Value) -> Value:
     return append_tfl(lz.b, "tfl.select_v2", cond, y, zero, quant=y.quant, name=op.results[0].name + ".masked")
 
 
+def lower_cast(lz: Legalizer, op: Op) -> Value:
+    """A cast between float widths (a float16 checkpoint's embedding to f32) changes no real value:
+    in integers it is at most a requantization to the result's spec."""
+    source = op.operands[0]
+    if not (source.type.is_float and op.results[0].type.is_float):
+        raise QirError(f"tflite: q.cast %{op.results[0].name} from {source.type.dtype} to {op.attrs['dtype']} "
+                       f"has no integer lowering (only casts between float widths)")
+    return lz.convert(lz.get(source), need_spec(op.results[0]), op.results[0].name)
+
+
 def lower_silu(lz: Legalizer, op: Op) -> Value:
     """x * sigmoid(x): LOGISTIC (fixed output spec) then MUL."""
     x = lz.get(op.operands[0])
@@ -349,7 +359,7 @@ RULES = {
     "q.matmul": lower_matmul,
     "q.reshape": lower_move, "q.transpose": lower_move,
     "q.gather": lower_gather,
-    "q.concat": lower_concat,
+    "q.concat": lower_concat, "q.cast": lower_cast,
     "q.softmax": lower_softmax,
 }
 
