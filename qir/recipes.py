@@ -19,6 +19,9 @@ METHODS: dict[str, tuple[str, str]] = {
             "static min/max ranges, weights rounded to nearest"),
     "smoothquant": ("canonicalize,dce,smooth{recipe=@bits},calibrate{histogram=false},quantize{recipe=@bits}",
                     "SmoothQuant per-channel scales folded into the weights, alpha searched per layer; then rtn"),
+    "quarot": ("canonicalize,dce,fold-norms,rotate{kind=hadamard},calibrate{histogram=false},quantize{recipe=@bits}",
+               "norms folded, Hadamard rotations of the residual stream and of each head's values (QuaRot); "
+               "then rtn"),
 }
 RECIPES: dict[str, tuple[str, str]] = {
     # name: (pipeline, what it is for)
