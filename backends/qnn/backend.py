@@ -11,6 +11,11 @@ from qir.ir import Module
 class QNNBackend(Backend):
     name = "qnn"
     description = "QDQ ONNX for Qualcomm HTP (onnxruntime-qnn)"
+    artifact_suffixes = (".onnx",)
+
+    def load_artifact(self, path: Path, kernels: str):
+        from backends.qnn.artifact import QNNArtifact
+        return QNNArtifact(path, kernels)
 
     def legalize(self, module: Module) -> Module:
         from backends.qnn.legalize import legalize_qnn

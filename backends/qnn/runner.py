@@ -89,10 +89,11 @@ def htp_session(model: bytes, soc: str = DEFAULT_SOC, dump_dir: str | None = Non
     raise QirError(f"qnn: HTP cannot run the model: {reason}")
 
 
-def run_htp(model: bytes, inputs: dict[str, np.ndarray], soc: str = DEFAULT_SOC) -> HtpRun:
-    """Run on HTP; raise QirError naming the node if any node is not on HTP or any QNN tensor is float."""
+def checked_htp_session(model: bytes, soc: str = DEFAULT_SOC, options: dict | None = None):
+    """An HTP session proven to run every node on HTP in fixed point, and the QNN graphs it built
+    (JSON dump); QirError naming the node otherwise."""
     with tempfile.TemporaryDirectory(prefix="qir-qnn-") as dump:
-        session = htp_session(model, soc, dump_dir=dump)
+        session = htp_session(model, soc, dump_dir=dump, options=options)
         check_placement(session)
         graphs = [json.load(open(path)) for path in sorted(glob.glob(os.path.join(dump, "*.json")))
                   if not path.endswith("_tensor_log.json")]
@@ -100,17 +101,30 @@ def run_htp(model: bytes, inputs: dict[str, np.ndarray], soc: str = DEFAULT_SOC)
         raise QirError("qnn: the QNN EP built no graph (nothing ran on HTP)")
     for graph in graphs:
         check_fixed_point(graph)
-    outputs = session.run(None, {k: np.asarray(v) for k, v in inputs.items()})
-    return HtpRun({o.name: v for o, v in zip(session.get_outputs(), outputs)}, graphs)
+    return session, graphs
 
 
-def run_cpu(model: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_htp(model: bytes, inputs: dict[str, np.ndarray], soc: str = DEFAULT_SOC) -> HtpRun:
+    """Run on HTP; raise QirError naming the node if any node is not on HTP or any QNN tensor is float."""
+    session, graphs = checked_htp_session(model, soc)
+    return HtpRun(run_session(session, inputs), graphs)
+
+
+def cpu_session(model: bytes | str):
     """The QDQ graph on onnxruntime's CPU EP with graph optimizations off: every DequantizeLinear ->
     op -> QuantizeLinear runs as written, in float32, which is the QDQ reference semantics."""
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(bytes(model), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, str) else bytes(model), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def run_cpu(model: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return run_session(cpu_session(model), inputs)
+
+
+def run_session(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     outputs = session.run(None, {k: np.asarray(v) for k, v in inputs.items()})
     return {o.name: v for o, v in zip(session.get_outputs(), outputs)}
 

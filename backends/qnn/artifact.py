@@ -1,0 +1,42 @@
+"""A compiled QNN model (the QDQ model.onnx) loaded for `qir-eval --compiled`: `--kernels reference`
+runs the QDQ graph on onnxruntime's CPU EP (the reference semantics, fast enough for the full
+model), `--kernels optimized` runs it on HTP (the x86 simulator here: 30-100x slower than the
+CPU, for small graphs), proven to run every node there in fixed point."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backends.qnn.runner import DEFAULT_SOC, checked_htp_session, cpu_session, first_line, run_session
+from qir.backend import Artifact
+from qir.errors import QirError
+
+KERNELS = {"reference": "onnxruntime's CPU EP (the QDQ reference)",
+           "optimized": "HTP (onnxruntime-qnn's simulator, {soc})"}
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
+
+
+class QNNArtifact(Artifact):
+    """One onnxruntime session, created once and run per input."""
+
+    def __init__(self, path: Path, kernels: str = "optimized", soc: str = DEFAULT_SOC):
+        if kernels not in KERNELS:
+            raise QirError(f"unknown kernels '{kernels}'; choose from {', '.join(KERNELS)}")
+        if kernels == "reference":
+            try:
+                self.session = cpu_session(str(path))
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise QirError(f"{path}: onnxruntime cannot load it on the CPU EP: {first_line(exc)}") from None
+        else:
+            self.session, _ = checked_htp_session(path.read_bytes(), soc)
+        for i in self.session.get_inputs():
+            if not all(isinstance(d, int) for d in i.shape):
+                raise QirError(f"{path}: input '{i.name}' has a dynamic shape {i.shape}; HTP needs static shapes")
+        self.inputs = {i.name: (tuple(i.shape), ONNX_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()}
+        self.description = f"{path.name} on {KERNELS[kernels].format(soc=soc)}"
+
+    def run(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        if set(arrays) != set(self.inputs):
+            raise QirError(f"the compiled model takes inputs {sorted(self.inputs)}, got {sorted(arrays)}")
+        return run_session(self.session, {k: np.asarray(v, self.inputs[k][1]) for k, v in arrays.items()})
