@@ -23,6 +23,8 @@ class Backend:
 
     # artifact files this target writes and can run back (qir-eval --compiled), e.g. (".tflite",)
     artifact_suffixes: ClassVar[tuple[str, ...]] = ()
+    # chips the target can also compile ahead of time for (qir-compile --soc), e.g. ("SM8650",)
+    socs: ClassVar[tuple[str, ...]] = ()
 
     def legalize(self, module: Module) -> Module:
         raise NotImplementedError
@@ -32,6 +34,16 @@ class Backend:
 
     def emit(self, module: Module, outdir: Path) -> list[Path]:
         raise NotImplementedError
+
+    def emit_for_soc(self, module: Module, outdir: Path, soc: str) -> list[Path]:
+        """After `emit`: the artifact compiled ahead of time for one chip of `socs`, in the same folder."""
+        raise NotImplementedError
+
+    def check_soc(self, soc: str) -> None:
+        if not self.socs:
+            raise QirError(f"--target {self.name} compiles for no particular SoC; leave out --soc")
+        if soc not in self.socs:
+            raise QirError(f"unknown SoC '{soc}' for --target {self.name}; known: {', '.join(self.socs)}")
 
 
 class Artifact:

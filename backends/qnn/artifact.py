@@ -1,14 +1,17 @@
-"""A compiled QNN model (the QDQ model.onnx) loaded for `qir-eval --compiled`: `--kernels reference`
-runs the QDQ graph on onnxruntime's CPU EP (the reference semantics, fast enough for the full
-model), `--kernels optimized` runs it on HTP (the x86 simulator here: 30-100x slower than the
-CPU, for small graphs), proven to run every node there in fixed point."""
+"""A compiled QNN model loaded for `qir-eval --compiled`. The QDQ model.onnx: `--kernels reference`
+runs it on onnxruntime's CPU EP (the reference semantics, fast enough for the full model),
+`--kernels optimized` on HTP (the x86 simulator here: 30-100x slower than the CPU, for small
+graphs), proven to run every node there in fixed point. A context model (model_ctx.onnx + its
+.bin) runs only on HTP, as the SoC its binary was built for."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from backends.qnn.runner import DEFAULT_SOC, checked_htp_session, cpu_session, first_line, run_session
+from backends.qnn.context import binary_soc, context_binary, context_node
+from backends.qnn.runner import (DEFAULT_SOC, check_placement, checked_htp_session, cpu_session, first_line,
+                                 htp_session, run_session)
 from qir.backend import Artifact
 from qir.errors import QirError
 
@@ -23,7 +26,13 @@ class QNNArtifact(Artifact):
     def __init__(self, path: Path, kernels: str = "optimized", soc: str = DEFAULT_SOC):
         if kernels not in KERNELS:
             raise QirError(f"unknown kernels '{kernels}'; choose from {', '.join(KERNELS)}")
-        if kernels == "reference":
+        if context_node(path) is not None:
+            if kernels == "reference":
+                raise QirError(f"{path} is a context binary for HTP (EPContext); only --kernels optimized runs it")
+            soc = binary_soc(context_binary(path)) or soc
+            self.session = htp_session(str(path), soc)  # the binary's folder resolves its .bin
+            check_placement(self.session)
+        elif kernels == "reference":
             try:
                 self.session = cpu_session(str(path))
             except Exception as exc:  # onnxruntime raises its own exception types

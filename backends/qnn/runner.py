@@ -53,8 +53,10 @@ class HtpRun:
     qnn_graphs: list[dict]  # the QNN graphs as the EP built them (JSON dump)
 
 
-def htp_session(model: bytes, soc: str = DEFAULT_SOC, dump_dir: str | None = None, options: dict | None = None):
-    """An InferenceSession on the HTP backend with CPU fallback disabled."""
+def htp_session(model: bytes | str, soc: str = DEFAULT_SOC, dump_dir: str | None = None, options: dict | None = None,
+                config: dict | None = None):
+    """An InferenceSession on the HTP backend with CPU fallback disabled (`model`: bytes or a file path;
+    `options`: more QNN EP options; `config`: more session config entries)."""
     import onnxruntime as ort
     import onnxruntime_qnn as qnn
     register_htp()
@@ -72,8 +74,10 @@ def htp_session(model: bytes, soc: str = DEFAULT_SOC, dump_dir: str | None = Non
         so.log_severity_level = 4  # the EP logs unsupported nodes as errors; they are reported below
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "0" if fallback else "1")
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        for key, value in (config or {}).items():
+            so.add_session_config_entry(key, value)
         so.add_provider_for_devices(devices, provider)
-        return ort.InferenceSession(bytes(model), so)
+        return ort.InferenceSession(model if isinstance(model, str) else bytes(model), so)
 
     try:
         return session(fallback=False)
@@ -89,11 +93,12 @@ def htp_session(model: bytes, soc: str = DEFAULT_SOC, dump_dir: str | None = Non
     raise QirError(f"qnn: HTP cannot run the model: {reason}")
 
 
-def checked_htp_session(model: bytes, soc: str = DEFAULT_SOC, options: dict | None = None):
+def checked_htp_session(model: bytes, soc: str = DEFAULT_SOC, options: dict | None = None,
+                        config: dict | None = None):
     """An HTP session proven to run every node on HTP in fixed point, and the QNN graphs it built
     (JSON dump); QirError naming the node otherwise."""
     with tempfile.TemporaryDirectory(prefix="qir-qnn-") as dump:
-        session = htp_session(model, soc, dump_dir=dump, options=options)
+        session = htp_session(model, soc, dump_dir=dump, options=options, config=config)
         check_placement(session)
         graphs = [json.load(open(path)) for path in sorted(glob.glob(os.path.join(dump, "*.json")))
                   if not path.endswith("_tensor_log.json")]

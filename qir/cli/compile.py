@@ -27,6 +27,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-o", "--outdir", type=Path, default=Path("qir-out"), help="output folder (default: qir-out)")
     parser.add_argument("--target", help="a backend to emit for, e.g. tflite (integer when the recipe quantizes, "
                                          "float32 for --recipe float)")
+    parser.add_argument("--soc", help="with --target: also compile ahead of time for this chip (qnn: SM8650, "
+                                      "SM8750, SC8380XP -> model_ctx.onnx + its .bin)")
     parser.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
                         help="calibration inputs: one array per function argument, samples stacked on axis 0 "
                              "(default: text from Python's own docs through the model's tokenizer)")
@@ -62,6 +64,10 @@ def body(argv) -> int:
     pipeline = args.pipeline if args.pipeline is not None else recipe_pipeline(args.recipe or DEFAULT_RECIPE)
     manager = make_pass_manager(args, pipeline)
     backend = get_backend(args.target) if args.target else None
+    if args.soc is not None:
+        if backend is None:
+            raise QirError("--soc needs a --target to compile for")
+        backend.check_soc(args.soc)
     if backend is not None and backend.prepare_pipeline:
         manager.passes = before_calibration(manager.passes, parse_pipeline(backend.prepare_pipeline))
 
@@ -104,6 +110,8 @@ def body(argv) -> int:
         if backend_module is not None:
             (stage / f"model.{args.target}.qir").write_text(print_module(backend_module))
             written += [f"model.{args.target}.qir"] + [p.name for p in backend.emit(backend_module, stage)]
+            if args.soc is not None:  # after the portable artifact, from it
+                written += [p.name for p in backend.emit_for_soc(backend_module, stage, args.soc)]
     total = time.perf_counter() - start
 
     table = module_table(module, f"qir-compile: {args.model or DEFAULT_MODEL} -> {args.outdir}")
