@@ -250,3 +250,12 @@ def test_smollm2_alpha_differs_per_layer_and_beats_any_single_alpha(smollm2_smoo
     per_pair = sum(r["error"] for r in report.values())
     best_single = min(sum(r["errors"][a] for r in report.values()) for a in grid)
     assert per_pair < best_single
+
+
+def test_smoothquant_recipes_search_with_the_bits_they_quantize_with():
+    from qir.recipes import BITS, recipe_pipeline
+    for bits in BITS:
+        passes = parse_pipeline(recipe_pipeline(f"smoothquant-{bits}"))
+        names = [p.name for p in passes]
+        assert names.index("smooth") < names.index("calibrate") < names.index("quantize")
+        assert passes[names.index("smooth")].recipe == passes[names.index("quantize")].recipe == bits
