@@ -87,7 +87,12 @@ class FloatLegalizer:
 # -- rules: one per q op -------------------------------------------------------------------------
 
 def lower_linear(lz: FloatLegalizer, op: Op) -> Value:
+    """A linear without a bias gets a zero one: FULLY_CONNECTED stays at op version 5 (version 6,
+    bias-less, is refused by NNAPI), as in the integer graph."""
     operands = [lz.get(v) for v in op.operands]
+    if len(operands) == 2:
+        rows = operands[1].type.shape[0]
+        operands.append(lz.derived_constant(f"{op.operands[1].name}.zero_bias", lambda: np.zeros(rows, np.float32)))
     return lz.op("tfl.fully_connected", *operands, name=lz.name(op))
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import qir
+from ai_edge_litert import schema_py_generated as fb
 from backends.tflite.emit import emit_tflite
 from backends.tflite.legalize_float import legalize_tflite_float
 from backends.tflite.runner import run_tflite
@@ -132,8 +133,14 @@ def test_compile_float_recipe_writes_a_float_tflite(tmp_path):
     assert {"model.tflite", "model.tflite.qir"} <= {p.name for p in outdir.iterdir()}
     text = (outdir / "model.tflite.qir").read_text()
     assert "!q<" not in text and print_parsed(text) == text
+    data = (outdir / "model.tflite").read_bytes()
+    model = fb.Model.GetRootAsModel(data, 0)
+    versions = {(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).Version())
+                for i in range(model.OperatorCodesLength())}
+    assert (fb.BuiltinOperator.FULLY_CONNECTED, 5) in versions  # zero biases: no bias-less version 6
+    assert not any(code == fb.BuiltinOperator.FULLY_CONNECTED and v != 5 for code, v in versions)
     tokens = token_batches(1, seed=3)[0][0]
-    got = run_tflite((outdir / "model.tflite").read_bytes(), {"tokens": tokens})["logits.out"]
+    got = run_tflite(data, {"tokens": tokens})["logits.out"]
     expected = qir.interpret(tiny_model(), tokens)[0]
     assert relative_error(got, np.asarray(expected, np.float64)) <= TOLERANCE
 
