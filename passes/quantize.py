@@ -46,7 +46,9 @@ class Quantize(Pass):
             for value, producer in producers:
                 if value.type.is_float:
                     consumers = tuple(user.name for user, _ in value.uses)
-                    settings = recipe.settings_for("activations", value.name, producer and producer.name, consumers)
+                    feeds = tuple(r.name for user, _ in value.uses for r in user.results)
+                    settings = recipe.settings_for("activations", value.name, producer and producer.name,
+                                                   consumers, feeds)
                     if settings is None:
                         continue
                     if producer is not None and producer.name == "q.masked_fill":

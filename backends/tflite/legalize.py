@@ -184,8 +184,16 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
     return emit_fusing_relu(lz, op, "tfl.fully_connected", operands, dtype)
 
 
+def widest(op: Op) -> str:
+    """The integer width an elementwise op computes in: the widest of its result and activation
+    operands (a 16-bit product requantized to 8 bits once beats 8-bit operands)."""
+    widths = [need_spec(op.results[0]).storage] + [v.quant.storage for v in op.operands
+                                                   if not v.is_constant and v.quant is not None]
+    return max(widths, key=lambda d: int(d[1:]))
+
+
 def lower_binary(lz: Legalizer, op: Op) -> Value:
-    dtype = need_spec(op.results[0]).storage
+    dtype = widest(op)
     a = lz.operand_in(op.operands[0], dtype, op.results[0].name + ".a")
     b = lz.operand_in(op.operands[1], dtype, op.results[0].name + ".b")
     return emit_fusing_relu(lz, op, "tfl." + op.name[2:], [a, b], dtype)
@@ -206,6 +214,26 @@ def lower_move(lz: Legalizer, op: Op) -> Value:
     return append_tfl(lz.b, "tfl.transpose", x, quant=x.quant, name=op.results[0].name, perm=op.attrs["perm"])
 
 
+def lower_slice(lz: Legalizer, op: Op) -> Value:
+    """STRIDED_SLICE copies integers: the result keeps the input's quant params."""
+    x = lz.get(op.operands[0])
+    return append_tfl(lz.b, "tfl.strided_slice", x, quant=x.quant, name=op.results[0].name,
+                      begin=list(op.attrs["begin"]), end=list(op.attrs["end"]), strides=[1] * x.type.rank)
+
+
+def lower_reduce_mean(lz: Legalizer, op: Op) -> Value:
+    x = lz.get(op.operands[0])
+    if tuple(op.attrs["axes"]) not in ((-1,), (x.type.rank - 1,)) or not op.attrs["keepdims"]:
+        raise QirError(f"tflite: q.reduce_mean %{op.results[0].name} is lowered over the last axis with "
+                       f"keepdims = true only, has axes {list(op.attrs['axes'])}")
+    return lz.emit("tfl.mean", [x], op.results[0], x.type.dtype)
+
+
+def lower_rsqrt(lz: Legalizer, op: Op) -> Value:
+    x = lz.get(op.operands[0])
+    return lz.emit("tfl.rsqrt", [x], op.results[0], x.type.dtype)
+
+
 def lower_gather(lz: Legalizer, op: Op) -> Value:
     table, indices = op.operands
     if not table.is_constant:
@@ -221,6 +249,16 @@ def lower_concat(lz: Legalizer, op: Op) -> Value:
     parts = [lz.convert(lz.operand_in(v, spec.storage, f"{op.results[0].name}.{i}"), spec,
                         f"{op.results[0].name}.{i}.cvt") for i, v in enumerate(op.operands)]
     return append_tfl(lz.b, "tfl.concatenation", *parts, quant=spec, name=op.results[0].name, axis=op.attrs["axis"])
+
+
+def lower_cast(lz: Legalizer, op: Op) -> Value:
+    """A cast between float widths (a float16 checkpoint's embedding to f32) changes no real value:
+    in integers it is at most a requantization to the result's spec."""
+    source = op.operands[0]
+    if not (source.type.is_float and op.results[0].type.is_float):
+        raise QirError(f"tflite: q.cast %{op.results[0].name} from {source.type.dtype} to {op.attrs['dtype']} "
+                       f"has no integer lowering (only casts between float widths)")
+    return lz.convert(lz.get(source), need_spec(op.results[0]), op.results[0].name)
 
 
 def lower_softmax(lz: Legalizer, op: Op) -> Value:
@@ -249,16 +287,6 @@ def zero_masked_probabilities(lz: Legalizer, op: Op, y: Value) -> Value:
     cond = mask_condition(lz, source.operands[1], source.results[0].name)
     zero = lz.constant(op.results[0].name + ".zero", np.float32(0.0), y.quant)
     return append_tfl(lz.b, "tfl.select_v2", cond, y, zero, quant=y.quant, name=op.results[0].name + ".masked")
-
-
-def lower_cast(lz: Legalizer, op: Op) -> Value:
-    """A cast between float widths (a float16 checkpoint's embedding to f32) changes no real value:
-    in integers it is at most a requantization to the result's spec."""
-    source = op.operands[0]
-    if not (source.type.is_float and op.results[0].type.is_float):
-        raise QirError(f"tflite: q.cast %{op.results[0].name} from {source.type.dtype} to {op.attrs['dtype']} "
-                       f"has no integer lowering (only casts between float widths)")
-    return lz.convert(lz.get(source), need_spec(op.results[0]), op.results[0].name)
 
 
 def lower_silu(lz: Legalizer, op: Op) -> Value:
@@ -357,7 +385,8 @@ RULES = {
     "q.linear": lower_linear,
     "q.add": lower_binary, "q.sub": lower_binary, "q.mul": lower_binary,
     "q.matmul": lower_matmul,
-    "q.reshape": lower_move, "q.transpose": lower_move,
+    "q.reshape": lower_move, "q.transpose": lower_move, "q.slice": lower_slice,
+    "q.reduce_mean": lower_reduce_mean, "q.rsqrt": lower_rsqrt,
     "q.gather": lower_gather,
     "q.concat": lower_concat, "q.cast": lower_cast,
     "q.softmax": lower_softmax,

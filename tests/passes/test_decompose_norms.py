@@ -47,12 +47,13 @@ def test_decomposed_rms_norm_reads_as_written():
     PassManager(parse_pipeline("decompose-norms{split_first_row=false}")).run(m)
     text = qir.print_module(m)
     assert """
-  %normed.norm_sq = q.mul %x, %x : f32[1,6,16]
-  %normed.norm_ms = q.reduce_mean %normed.norm_sq {axes = [-1], keepdims = true} : f32[1,6,1]
-  %normed.norm_var = q.add %normed.norm_ms, @norm_eps : f32[1,6,1]
+  %normed.norm_rows = q.reshape %x {shape = [6, 1, 16]} : f32[6,1,16]
+  %normed.norm_ssq = q.matmul %normed.norm_rows, %normed.norm_rows {transpose_b = true} : f32[6,1,1]
+  %normed.norm_sumsq = q.reshape %normed.norm_ssq {shape = [1, 6, 1]} : f32[1,6,1]
+  %normed.norm_var = q.add %normed.norm_sumsq, @norm_eps : f32[1,6,1]
   %normed.norm_rstd = q.rsqrt %normed.norm_var : f32[1,6,1]
   %normed.norm_normed = q.mul %x, %normed.norm_rstd : f32[1,6,16]
-  %normed = q.mul %normed.norm_normed, @w : f32[1,6,16]
+  %normed = q.mul %normed.norm_normed, @w.scaled : f32[1,6,16]
   %out = q.linear %normed, @proj : f32[1,6,4]
 """ in text
     assert qir.print_module(qir.parse(text)) == text
@@ -76,7 +77,7 @@ def test_w8a8_keeps_norm_input_and_internals_in_16_bit():
     bits = {v.name: v.quant.bits for op in m.main.ops for v in op.results}
     bits["x"] = m.main.args[0].quant.bits
     internals = [n for n in bits if ".norm_" in n]
-    assert len(internals) == 13 and all(bits[n] == 16 for n in internals)
+    assert len(internals) == 15 and all(bits[n] == 16 for n in internals)
     assert bits["x"] == 16  # it feeds the norm
     assert bits["normed"] == 8 and bits["out"] == 8  # the norm's output is an ordinary activation
 
