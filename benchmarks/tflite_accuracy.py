@@ -1,0 +1,97 @@
+"""Accuracy of the emitted integer .tflite, run in LiteRT, against the float model.
+
+    python benchmarks/tflite_accuracy.py [--models smollm2,minilm] [--recipes a16w8,w8a8]
+                                         [--observers minmax,mse] [--tokens 4096] [--sentences 64]
+
+For each model × recipe × observer: `qir-compile MODEL -p ...quantize{recipe=R,observer=O}
+--target tflite` (decompose-norms runs in front of calibrate, as for --recipe R), then
+`qir-eval MODEL --compiled OUT/model.tflite --json` (XNNPACK, 2 threads). Causal LMs report
+perplexity, KL(float || tflite) per token and top-1 agreement on held-out pydoc text; encoders
+the cosine of the sentence embeddings to float. Calibration reads text disjoint from evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from machine_load import load_footer  # noqa: E402
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+BIN = Path(sys.executable).parent
+
+
+def run_child(argv: list[str]) -> tuple[str, float, float]:
+    """(stdout, seconds, peak RSS in MB) of one command in its own process."""
+    import time
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{err[-2000:]}")
+    return out, seconds, usage.ru_maxrss / 1024
+
+
+def measure(model: str, recipe: str, observer: str, outdir: Path, args) -> dict:
+    pipeline = f"canonicalize,dce,calibrate{{histogram={str(observer != 'minmax').lower()}}}," \
+               f"quantize{{recipe={recipe},observer={observer}}}"
+    _, seconds, rss = run_child([str(BIN / "qir-compile"), model, "-p", pipeline, "--target", "tflite",
+                                 "--report-samples", "0", "-o", str(outdir)])
+    evaluate = [str(BIN / "qir-eval"), model, "--compiled", str(outdir / "model.tflite"), "--json"]
+    evaluate += ["--tokens", str(args.tokens)] if model != "minilm" else ["--sentences", str(args.sentences)]
+    out, _, _ = run_child(evaluate)
+    result = json.loads(out)
+    result.pop("embeddings", None)
+    result.pop("sentences", None)
+    size = (outdir / "model.tflite").stat().st_size
+    return {"model": model, "recipe": recipe, "observer": observer, "compile_s": seconds,
+            "compile_rss_mb": rss, "tflite_mb": size / 2**20, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="smollm2,minilm")
+    parser.add_argument("--recipes", default="a16w8,w8a8")
+    parser.add_argument("--observers", default="minmax,mse")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--sentences", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            for recipe in args.recipes.split(","):
+                for observer in args.observers.split(","):
+                    console.print(f"[dim]{model} {recipe} {observer} ...[/]")
+                    rows.append(measure(model, recipe, observer, Path(tmp) / f"{model}-{recipe}-{observer}", args))
+    table = Table(title="integer .tflite in LiteRT (XNNPACK, 2 threads) vs the float model", title_justify="left")
+    for column in ("model", "recipe", "observer", "perplexity (float)", "KL", "top-1", "cosine mean / min",
+                   "compile s", "peak RSS MB", ".tflite MB"):
+        table.add_column(column, justify="left" if column in ("model", "recipe", "observer") else "right")
+    for r in rows:
+        lm = "perplexity" in r
+        table.add_row(r["model"], r["recipe"], r["observer"],
+                      f"{r['perplexity']:.3f} ({r['float_perplexity']:.3f})" if lm else "",
+                      f"{r['kl_to_float']:.4f}" if lm else "", f"{r['top1_agreement']:.3f}" if lm else "",
+                      "" if lm else f"{r['cosine_to_float_mean']:.5f} / {r['cosine_to_float_min']:.5f}",
+                      f"{r['compile_s']:.1f}", f"{r['compile_rss_mb']:.0f}", f"{r['tflite_mb']:.1f}")
+    console.print(table)
+    console.print(load_footer(load_before))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
