@@ -1,6 +1,7 @@
 """The backend registry: targets register an emitter under the entry-point group `qir.backends`."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -55,6 +56,27 @@ class Artifact:
 
     def run(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def profile(self, **arrays: np.ndarray) -> "CycleProfile":
+        """Cycles per op of one run on these inputs (qir-eval --profile), where the runtime counts them."""
+        raise QirError(f"{self.description}: this runtime reports no cycles per op")
+
+
+@dataclass
+class OpCycles:
+    name: str  # the op as the runtime names it
+    kind: str  # its type in the runtime ('' when the runtime does not say)
+    cycles: float
+
+
+@dataclass
+class CycleProfile:
+    """Cycles of one run of a compiled model, per op and in total, as the runtime's profiler counts
+    them (median over `runs` runs: a simulator's counts vary a little from run to run)."""
+    ops: list[OpCycles]
+    total_cycles: float
+    runs: int
+    source: str  # what counted them, e.g. "HTP simulator (SM8650), profiling_level=detailed"
 
 
 def load_artifact(path: str | Path, kernels: str = "optimized") -> Artifact:

@@ -35,6 +35,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--kernels", choices=("optimized", "reference"), default="optimized",
                         help="with --compiled: the runtime's optimized kernels (default) or its reference kernels "
                              "(bit-exact with qir's integer rules, slower)")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --compiled: run the first window (or sentence) once under the runtime's cycle "
+                             "profiler and print cycles per op and the prefill throughput they imply, instead of "
+                             "evaluating (qnn: on HTP, whatever --kernels says)")
+    parser.add_argument("--clock-mhz", type=float, default=1000.0,
+                        help="with --profile: the accelerator clock the throughput estimate assumes (default 1000)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
     return parser
 
@@ -47,6 +53,10 @@ def body(argv) -> int:
     from qir.text import load_text, sentences
 
     args = build_parser().parse_args(argv)
+    if args.profile and not args.compiled:
+        raise QirError("--profile needs --compiled FILE: it profiles a compiled model in its runtime")
+    if args.clock_mhz <= 0:
+        raise QirError("--clock-mhz must be positive")
     compiled = None
     if args.compiled:
         from qir.backend import load_artifact
@@ -60,6 +70,8 @@ def body(argv) -> int:
     with console.status("loading the model"):
         loaded = load_model(args.model, seq_len=args.context, layers=args.layers)
     name = args.model or DEFAULT_MODEL
+    if args.profile:
+        return profile(args, loaded, compiled, text)
     if compiled is not None:
         mode = f"compiled: {compiled.description}"
         model_run, float_run = CompiledRun(loaded, compiled), Interpreter(loaded.module)
@@ -108,6 +120,30 @@ def body(argv) -> int:
         out.print(table)
         return 0
     raise QirError(f"qir-eval does not know how to evaluate a model of kind '{loaded.kind}'")
+
+
+def profile(args, loaded, compiled, text) -> int:
+    """Cycles per op of one input of real text, and the prefill estimate (qir/cycles.py)."""
+    from qir.cycles import summarize, tables
+    from qir.errors import QirError
+    from qir.evaluate import encode_static, token_windows
+    from qir.text import sentences
+    if loaded.kind == "causal-lm":
+        inputs = (token_windows(loaded, text, args.context, args.context)[0][0],)
+    elif loaded.kind == "encoder":
+        inputs = encode_static(loaded, sentences(1)[0])
+    else:
+        raise QirError(f"qir-eval --profile does not know the inputs of a model of kind '{loaded.kind}'")
+    run = CompiledRun(loaded, compiled)
+    with console.status(f"profiling {args.compiled}"):
+        result = compiled.profile(**dict(zip(run.args, inputs)))
+    summary = summarize(result, loaded.seq_len, args.clock_mhz)
+    if args.json:
+        print(json.dumps({"model": args.model or DEFAULT_MODEL, "compiled": args.compiled, **summary}, indent=2))
+        return 0
+    for table in tables(summary):
+        out.print(table)
+    return 0
 
 
 def compiled_context(compiled, context: int | None) -> int:
