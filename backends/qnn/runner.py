@@ -10,7 +10,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +79,8 @@ def htp_session(model: bytes | str, soc: str = DEFAULT_SOC, dump_dir: str | None
         for key, value in (config or {}).items():
             so.add_session_config_entry(key, value)
         so.add_provider_for_devices(devices, provider)
-        return ort.InferenceSession(model if isinstance(model, str) else bytes(model), so)
+        with stdout_to_stderr():
+            return ort.InferenceSession(model if isinstance(model, str) else bytes(model), so)
 
     try:
         return session(fallback=False)
@@ -172,6 +175,20 @@ def check_fixed_point(graph: dict) -> None:
     tname = next(t for t in node["input_names"] + node["output_names"] if t in islands)
     raise QirError(f"qnn: HTP runs node '{name}' ({node['type']}) in float: tensor '{tname}' is "
                    f"{FLOAT[tensors[tname]['data_type']]}, not fixed point")
+
+
+@contextmanager
+def stdout_to_stderr():
+    """libQnnHtp prints a banner on the process's standard output when the first session loads it;
+    send it to standard error so that stdout keeps only results (qir-eval --json)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def first_line(exc: Exception) -> str:

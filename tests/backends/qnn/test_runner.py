@@ -68,3 +68,17 @@ def test_registering_twice_is_harmless():
 def test_unknown_soc_is_an_error():
     with pytest.raises(QirError, match="unknown SoC 'SM0000'"):
         run_htp(qdq_matmul(np.uint16, np.int16, np.uint16), FEEDS, soc="SM0000")
+
+
+def test_standard_output_keeps_only_results():
+    """libQnnHtp prints a banner on stdout when a process first loads it (it broke qir-eval --json)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import numpy as np; from tests.backends.qnn.test_runner import qdq_matmul;"
+            "from backends.qnn.runner import htp_session;"
+            "htp_session(qdq_matmul(np.uint16, np.int16, np.uint16)); print('{\"ok\": 1}')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == '{"ok": 1}\n'
