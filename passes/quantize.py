@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from qir import Module, Pass, PassContext, PassResult, QirError, QuantSpec
-from qir.quant_params import affine_params, block_scales, symmetric_scales
-from qir.quant_recipe import load_recipe
+from qir.quant_params import affine_params, block_scales, clip_factors, symmetric_scales
+from qir.quant_recipe import WEIGHT_OBSERVERS, load_recipe
 from qir.stats import OBSERVERS, ValueStats, observed_range
 
 from passes.calibrate import STATS_KEY
@@ -22,6 +22,7 @@ class Quantize(Pass):
     summary = "attach static quant specs to weights, biases, constants and activations (needs calibrate)"
     recipe: str = "w8a8"
     observer: str = ""  # overrides the recipe's activation observer when set
+    weight_observer: str = ""  # overrides the recipe's weight observer (minmax, mse) when set
 
     def run(self, module: Module, ctx: PassContext) -> PassResult:
         recipe = load_recipe(self.recipe)
@@ -29,6 +30,11 @@ class Quantize(Pass):
             if self.observer not in OBSERVERS:
                 raise QirError(f"quantize: unknown observer '{self.observer}' (observers: {', '.join(OBSERVERS)})")
             recipe.activations["observer"] = self.observer
+        if self.weight_observer:
+            if self.weight_observer not in WEIGHT_OBSERVERS:
+                raise QirError(f"quantize: unknown weight observer '{self.weight_observer}' "
+                               f"(weight observers: {', '.join(WEIGHT_OBSERVERS)})")
+            recipe.weights["observer"] = self.weight_observer
         if module.is_quantized():
             raise QirError("quantize: the module is already quantized (it carries quant specs); "
                            "quantize the float model once, with one recipe")
@@ -71,16 +77,18 @@ class Quantize(Pass):
             raise QirError(f"@{name}: the recipe asks for per-tensor and per-block (block {block}) weights at once")
         if settings.get("scheme") == "per-tensor":  # one scale: what NNAPI's FULLY_CONNECTED takes
             amax = float(np.abs(data).max())
+            if settings.get("observer") == "mse":
+                amax *= float(clip_factors(data.reshape(1, -1).astype(np.float32), bits)[0])
             scale, _, _, _ = affine_params(-amax, amax, bits, symmetric=True)
             set_constant_quant(module, name, QuantSpec(bits, True, scale=(scale,), zero_point=(0,)))
             return
         if block:
             if data.shape[-1] % block:
                 raise QirError(f"@{name}: input dimension {data.shape[-1]} is not a multiple of block {block}")
-            scales = block_scales(data, data.ndim - 1, block, bits)
+            scales = block_scales(data, data.ndim - 1, block, bits, settings.get("observer", "minmax"))
             spec_args = {"axis": data.ndim - 1, "block_size": block}
         else:
-            scales = symmetric_scales(data, 0, bits)
+            scales = symmetric_scales(data, 0, bits, settings.get("observer", "minmax"))
             spec_args = {"axis": 0}
         set_constant_quant(module, name, QuantSpec(bits, True, scale=add_param(module, name + ".scale", scales),
                                                    zero_point=(0,), **spec_args))

@@ -25,9 +25,10 @@ from qir.errors import QirError
 from qir.stats import OBSERVERS
 
 SUPPORTED_BITS = {"weights": (4, 8), "activations": (8, 16), "constants": (8, 16)}
-SECTION_KEYS = {"weights": {"bits", "block", "scheme"}, "activations": {"bits", "observer", "percentile"},
-                "constants": {"bits"}}
+SECTION_KEYS = {"weights": {"bits", "block", "scheme", "observer"},
+                "activations": {"bits", "observer", "percentile"}, "constants": {"bits"}}
 WEIGHT_SCHEMES = ("per-channel", "per-tensor")  # per-block is "block": B
+WEIGHT_OBSERVERS = ("minmax", "mse")  # weights need no histogram: mse searches a clip per channel/block
 OVERRIDE_KEYS = {"match", "producer", "consumer", "feeds", "weights", "activations", "constants", "skip"}
 
 # Tensors that must stay wide under 8-bit activations: the residual stream and norm inputs
@@ -107,6 +108,9 @@ def _check_section(where: str, section: str, values) -> dict:
                        f"(supported: {', '.join(map(str, SUPPORTED_BITS[section]))})")
     if "observer" in values and (not isinstance(values["observer"], str) or values["observer"] not in OBSERVERS):
         raise QirError(f"{where}: unknown observer '{values['observer']}' (observers: {', '.join(OBSERVERS)})")
+    if section == "weights" and values.get("observer", "minmax") not in WEIGHT_OBSERVERS:
+        raise QirError(f"{where}: weight observer must be one of {', '.join(WEIGHT_OBSERVERS)}, "
+                       f"got {values['observer']!r}")
     if "percentile" in values and (isinstance(values["percentile"], bool)
                                    or not isinstance(values["percentile"], (int, float))
                                    or not 0 < values["percentile"] <= 100):
