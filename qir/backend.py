@@ -72,11 +72,12 @@ class OpCycles:
 @dataclass
 class CycleProfile:
     """Cycles of one run of a compiled model, per op and in total, as the runtime's profiler counts
-    them (median over `runs` runs: a simulator's counts vary a little from run to run)."""
+    them: of `runs` runs (a simulator's counts vary from run to run), the one with the median total."""
     ops: list[OpCycles]
     total_cycles: float
     runs: int
     source: str  # what counted them, e.g. "HTP simulator (SM8650), profiling_level=detailed"
+    run_totals: list[float]  # every run's total, in order
 
 
 def load_artifact(path: str | Path, kernels: str = "optimized") -> Artifact:

@@ -18,7 +18,7 @@ def summarize(profile: CycleProfile, tokens: int, clock_mhz: float, top: int = 2
     seconds = profile.total_cycles / (clock_mhz * 1e6)
     return {
         "source": profile.source, "runs": profile.runs, "tokens": tokens, "clock_mhz": clock_mhz,
-        "total_cycles": profile.total_cycles, "ops": len(profile.ops),
+        "total_cycles": profile.total_cycles, "run_totals": list(profile.run_totals), "ops": len(profile.ops),
         "prefill_ms": seconds * 1e3, "prefill_tokens_per_s": tokens / seconds if seconds else float("inf"),
         "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "top_ops": [{"name": op.name, "kind": op.kind, "cycles": op.cycles}
@@ -29,7 +29,7 @@ def summarize(profile: CycleProfile, tokens: int, clock_mhz: float, top: int = 2
 
 def tables(summary: dict) -> list[Table]:
     total = summary["total_cycles"] or 1.0
-    kinds = Table(title=f"cycles by op type ({summary['source']}, median of {summary['runs']} runs)",
+    kinds = Table(title=f"cycles by op type ({summary['source']}; the median of {summary['runs']} runs)",
                   title_justify="left")
     for column in ("op type", "cycles", "share"):
         kinds.add_column(column, justify="left" if column == "op type" else "right")
@@ -43,7 +43,8 @@ def tables(summary: dict) -> list[Table]:
         top.add_row(op["name"], op["kind"], f"{op['cycles']:,.0f}", f"{100 * op['cycles'] / total:.1f} %")
     estimate = Table(title="prefill estimate", title_justify="left", show_header=False)
     estimate.add_row("tokens per window", str(summary["tokens"]))
-    estimate.add_row("cycles per window", f"{summary['total_cycles']:,.0f}")
+    estimate.add_row("cycles per window", f"{summary['total_cycles']:,.0f} (runs: "
+                     + ", ".join(f"{t:,.0f}" for t in summary["run_totals"]) + ")")
     estimate.add_row("clock (assumed)", f"{summary['clock_mhz']:g} MHz")
     estimate.add_row("time per window", f"{summary['prefill_ms']:.3f} ms")
     estimate.add_row("prefill throughput", f"{summary['prefill_tokens_per_s']:,.0f} tokens/s")

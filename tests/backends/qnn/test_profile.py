@@ -32,10 +32,12 @@ def test_one_run_per_op_cycles_add_up_to_the_total(small_compiled):
     assert kinds["Input"] == kinds["Output"] == "transfer"
 
 
-def test_artifact_profile_is_a_median_of_runs(small_compiled):
+def test_artifact_profile_is_the_median_run(small_compiled):
     (tokens,) = token_batches(1, seed=5)[0]
     profile = load_artifact(small_compiled, "reference").profile(tokens=tokens)
-    assert profile.runs == 3 and "SM8650" in profile.source
+    assert profile.runs == len(profile.run_totals) == 3 and "SM8650" in profile.source
+    assert profile.total_cycles == sorted(profile.run_totals)[1]
+    assert sum(op.cycles for op in profile.ops) == profile.total_cycles
     assert any(op.kind == "FullyConnected" and op.cycles > 0 for op in profile.ops)
 
 
@@ -47,7 +49,7 @@ def test_profile_identifiers():
 
 
 def test_prefill_estimate_is_tokens_over_cycles_at_the_clock():
-    profile = CycleProfile([OpCycles("a", "FullyConnected", 3e6), OpCycles("b", "Softmax", 1e6)], 4e6, 1, "test")
+    profile = CycleProfile([OpCycles("a", "FullyConnected", 3e6), OpCycles("b", "Softmax", 1e6)], 4e6, 1, "test", [4e6])
     summary = summarize(profile, tokens=256, clock_mhz=1000)
     assert summary["prefill_ms"] == pytest.approx(4.0)
     assert summary["prefill_tokens_per_s"] == pytest.approx(64_000)
