@@ -76,6 +76,7 @@ def main() -> None:
                 for observer in args.observers.split(","):
                     console.print(f"[dim]{model} {recipe} {observer} ...[/]")
                     rows.append(measure(model, recipe, observer, Path(tmp) / f"{model}-{recipe}-{observer}", args))
+                    console.print(f"[dim]{json.dumps(rows[-1])}[/]")  # each row as soon as it is measured
     table = Table(title="integer .tflite in LiteRT (XNNPACK, 2 threads) vs the float model", title_justify="left")
     for column in ("model", "recipe", "observer", "perplexity (float)", "KL", "top-1", "cosine mean / min",
                    "compile s", "peak RSS MB", ".tflite MB"):
