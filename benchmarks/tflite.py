@@ -138,20 +138,27 @@ def main(argv=None) -> int:
                 outdir = scratch / f"{label}-{recipe}-{len(extra)}-{rep}".replace(" ", "_")
                 command = compile_command() + [model, "--recipe", recipe, "--target", "tflite",
                                                "--seq-len", str(args.seq_len), *extra, "-o", str(outdir)]
-                result = run_child(command)
+                try:
+                    result = run_child(command)
+                except SystemExit as failure:  # killed (out of memory on a shared machine) or an error
+                    console.print(f"[red]{str(failure).splitlines()[0]}[/red]")
+                    continue
                 result["outdir"] = outdir
                 result["tflite_bytes"] = (outdir / "model.tflite").stat().st_size
                 compiles[(label, recipe, extra)].append(result)
+                console.print(f"[dim]  {result['wall']:.1f} s, peak RSS {result['peak_rss_mb']:,.0f} MB[/dim]")
 
         first = {}  # model and recipe -> the first file written (the report does not change it)
         for (label, recipe, _), runs in compiles.items():
-            first.setdefault((label, recipe), runs[0]["outdir"])
+            if runs:
+                first.setdefault((label, recipe), runs[0]["outdir"])
+        sizes = {key: (outdir / "model.tflite").stat().st_size for key, outdir in first.items()}
         console.print(f"[dim]SmolLM2-135M: int8 and float32 prefill, {args.reps} alternating runs each...[/dim]")
         smollm2 = run_latency({"int8 (w8a8)": first[("SmolLM2-135M", "w8a8")] / "model.tflite",
                                "float32": first[("SmolLM2-135M", "float")] / "model.tflite"},
                               first[("SmolLM2-135M", "w8a8")] / "tokenizer.json", args.seq_len, args.reps)
         latency = {"SmolLM2-135M": smollm2}
-        if not args.skip_1b:
+        if ("random llama 1.1B", "w8a8") in first:
             console.print(f"[dim]random llama 1.1B: int8 prefill, {args.reps} runs...[/dim]")
             latency["random llama 1.1B"] = run_latency(
                 {"int8 (w8a8)": first[("random llama 1.1B", "w8a8")] / "model.tflite"}, None, args.seq_len, args.reps)
@@ -164,6 +171,9 @@ def main(argv=None) -> int:
         table.add_column(col, justify="left" if col in ("model", "recipe", "other flags") else "right")
     for (label, recipe, extra), runs in compiles.items():
         flags = " ".join(extra).replace(str(scratch) + "/", "")
+        if not runs:
+            table.add_row(label, recipe, flags, "failed", "", "", "")
+            continue
         table.add_row(label, recipe, flags, f"{statistics.median(r['wall'] for r in runs):.1f}",
                       fmt_runs([r["wall"] for r in runs], 1),
                       f"{statistics.median(r['peak_rss_mb'] for r in runs):,.0f} MB",
@@ -187,8 +197,7 @@ def main(argv=None) -> int:
         console.print(f"SmolLM2-135M: the int8 and float32 files pick the same next token at "
                       f"{100 * smollm2['argmax_agree']:.1f} % of the {args.seq_len} positions")
 
-    int8 = compiles[("SmolLM2-135M", "w8a8", ())][0]["tflite_bytes"]
-    float32 = compiles[("SmolLM2-135M", "float", ())][0]["tflite_bytes"]
+    int8, float32 = sizes[("SmolLM2-135M", "w8a8")], sizes[("SmolLM2-135M", "float")]
     table = Table(title="model.tflite size, SmolLM2-135M", title_justify="left")
     for col in ("int8 (w8a8)", "float32", "int8 / float32"):
         table.add_column(col, justify="right")
