@@ -44,8 +44,9 @@ class Interpreter:
                 self._weights[name] = jax.numpy.asarray(self.module.weights.get(name))
         return {name: self._weights[name] for name in names}
 
-    def _trace(self, func: Function, observe=None):
+    def _trace(self, func: Function, observe=None, specs=None):
         fake = self.mode == "fake-quant"
+        specs = specs or {}
 
         def run(weights, *inputs):
             def quantized(array, spec):
@@ -54,15 +55,15 @@ class Interpreter:
                 param = lambda p: weights[p] if isinstance(p, str) else jnp.asarray(p)  # noqa: E731
                 return fake_quant(array, spec, param(spec.scale), param(spec.zero_point))
 
-            env = {id(a): quantized(x, a.quant) for a, x in zip(func.args, inputs)}
+            env = {id(a): quantized(x, specs.get("%" + a.name, a.quant)) for a, x in zip(func.args, inputs)}
             for name, ref in func._constants.items():
                 if name in weights:
-                    env[id(ref)] = quantized(weights[name], self.module.constants[name].quant)
+                    env[id(ref)] = quantized(weights[name], specs.get("@" + name, self.module.constants[name].quant))
             for op in func.ops:
                 out = op.jax(*(env[id(v)] for v in op.operands))
                 outs = out if isinstance(out, (tuple, list)) else (out,)
                 for value, array in zip(op.results, outs):
-                    env[id(value)] = quantized(array, value.quant)
+                    env[id(value)] = quantized(array, specs.get("%" + value.name, value.quant))
             outputs = tuple(env[id(v)] for v in func.outputs)
             if observe is None:
                 return outputs
@@ -71,6 +72,14 @@ class Interpreter:
                         if jnp.issubdtype(env[id(v)].dtype, jnp.floating)}
             return outputs, observed
         return jax.jit(run)
+
+    def traced(self, function: str | None = None, observe=None, specs: dict | None = None):
+        """The jitted `run(weights, *inputs)` of a function, returning its outputs (and, with `observe`,
+        the observed summaries as `run_observed` does), for callers that differentiate it in `weights`.
+        `specs` replaces quant specs in this trace only, keyed "%value" or "@constant": a learning
+        pass points scales and zero points at entries of `weights` it computes from its parameters."""
+        func = self.module.functions[function] if function else self.module.main
+        return self._trace(func, observe, specs)
 
     def _prepare(self, inputs, function):
         func = self.module.functions[function] if function else self.module.main

@@ -76,3 +76,27 @@ def write_report(sqnr: dict[str, float], bits: dict[str, str], folder: Path) -> 
     fig.savefig(folder / "report.png", dpi=120)
     plt.close(fig)
     return ["report.json", "report.png"]
+
+
+LOSS_CURVES_KEY = "loss_curves"  # PassContext.data entry learning passes fill: {pass name: [loss per step]}
+
+
+def write_loss_curves(curves: dict[str, list[float]], folder: Path) -> list[str]:
+    """<pass>-loss.png per learning pass: its training loss at every step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    for name, losses in curves.items():
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(range(1, len(losses) + 1), losses, lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("step (one calibration input each)")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{name}: training loss")
+        ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        fig.savefig(folder / f"{name}-loss.png", dpi=120)
+        plt.close(fig)
+        written.append(f"{name}-loss.png")
+    return written

@@ -55,7 +55,7 @@ def body(argv) -> int:
     from qir.backend import get_backend
     from qir.calibration_data import INPUTS_KEY, calibration_file_inputs, calibration_inputs
     from qir.passes import PassContext, before_calibration, parse_pipeline
-    from qir.quant_report import bits_of, report_table, sqnr_by_value, write_report
+    from qir.quant_report import LOSS_CURVES_KEY, bits_of, report_table, sqnr_by_value, write_loss_curves, write_report
     from qir.weights import save_weights
 
     args = build_parser().parse_args(argv)
@@ -107,6 +107,7 @@ def body(argv) -> int:
         written += ["tokenizer.json"] if loaded.tokenizer is not None else []
         if report is not None:
             written += write_report(*report, stage)
+        written += write_loss_curves(ctx.data.get(LOSS_CURVES_KEY, {}), stage)
         if backend_module is not None:
             (stage / f"model.{args.target}.qir").write_text(print_module(backend_module))
             written += [f"model.{args.target}.qir"] + [p.name for p in backend.emit(backend_module, stage)]

@@ -1,0 +1,256 @@
+"""learn: MobileQuant-style learned fully static quantization, on a module `quantize` has quantized.
+
+Three kinds of parameters (Flax nnx modules, qir/learning.py), trained together end to end:
+
+    activation ranges   per-tensor scale and zero point of every quantized activation
+    weight clipping     per-output-channel factor on the min/max scale of every linear weight
+    LET                 per-channel scales s across norm -> linears, up -> down and v -> o:
+                        X / s in the producer's constants, W · diag(s) in the linears' columns
+
+The loss is the relative squared error of the final hidden state (the input of the last linear:
+the last norm's output of a causal LM; otherwise the first output) of the fake-quantized module
+against the float module, ||y_q - y||² / ||y||², one calibration input per step, with adam and
+straight-through rounding. Afterwards everything is folded into the weights and static quant
+params: the result is an ordinary quantized module. See docs/accuracy-passes.md."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from qir import Function, Interpreter, Module, Op, Pass, PassContext, PassResult, QirError, Value
+from qir.calibration_data import INPUTS_KEY
+from qir.evaluate import progress_bar
+from qir.quant_report import LOSS_CURVES_KEY
+from qir.learning import LearnPlan, Transform, build_model, fold, materialize, spec_overrides
+
+from passes.smooth import SmoothPair, constant_use_counts, find_pairs, linear_readers
+
+RESULT_KEY = "learn"  # ctx.data entry: losses and counts
+MOVES = ("q.reshape", "q.transpose")  # pure data movement: integer runtimes keep the input's quant params
+
+
+# -- what is learned ---------------------------------------------------------------------------------
+
+def loss_target(func: Function) -> Value:
+    """The final hidden state: the activation input of the linear producing the first output, or that output."""
+    out = func.outputs[0]
+    op = out.producer
+    if op is not None and op.name == "q.linear" and not op.operands[0].is_constant:
+        return op.operands[0]
+    return out
+
+
+def upstream_ops(target: Value) -> list[Op]:
+    """The ops `target` depends on (its backward cone)."""
+    seen, stack = {}, [target.producer] if target.producer is not None else []
+    while stack:
+        op = stack.pop()
+        if id(op) in seen:
+            continue
+        seen[id(op)] = op
+        stack += [v.producer for v in op.operands if v.producer is not None]
+    return list(seen.values())
+
+
+def scaled_mul_pair(func: Function, op: Op) -> SmoothPair | None:
+    """A norm that decompose-norms has split: `mul(x, w)` (or `add(mul(x, w), b)`) by constant [C]
+    vectors, read only by linears. Any such per-channel multiplication is a pair, as a norm is."""
+    if op.name == "q.add" and op.operands[1].is_constant and op.operands[0].producer is not None:
+        mul, bias = op.operands[0].producer, [op.operands[1].name]
+        if len(op.operands[0].uses) != 1:
+            return None
+    elif op.name == "q.mul":
+        mul, bias = op, []
+    else:
+        return None
+    if mul.name != "q.mul" or mul.operands[0].is_constant:
+        return None
+    channels = op.result.type.shape[-1]
+    if any(not c.is_constant or c.type.shape != (channels,) for c in [mul.operands[1]] + op.operands[1:] * bool(bias)):
+        return None
+    readers = linear_readers(func, op.result)
+    if readers is None:
+        return None
+    names = ", ".join(lin.operands[1].name for lin in readers)
+    return SmoothPair(f"{mul.operands[1].name} -> {names}", op.result, readers, [mul.operands[1].name] + bias,
+                      np.arange(channels))
+
+
+def let_pairs(module: Module, func: Function, cone: set[int], target: Value) -> list[SmoothPair]:
+    """The pairs `smooth` folds (norm -> linears, up -> down, v -> o) plus decomposed norms, where
+    everything scaled lies upstream of the loss and the scaled tensor is not the loss target itself."""
+    uses = constant_use_counts(module)
+    pairs = find_pairs(module, func)
+    for op in func.ops:
+        pair = scaled_mul_pair(func, op)
+        if pair is not None and all(uses.get(n) == 1 and module.weights.has(n)
+                                    for n in pair.divide + [lin.operands[1].name for lin in pair.linears]):
+            pairs.append(pair)
+    return [p for p in pairs if p.activation is not target and all(id(lin) in cone for lin in p.linears)]
+
+
+def make_plan(module: Module, func: Function, target: Value, ranges: bool, clip: bool, let: bool) -> LearnPlan:
+    ops = upstream_ops(target)
+    cone = {id(op) for op in ops}
+    in_order = [op for op in func.ops if id(op) in cone]
+    activations, tie, specs = [], {}, {}
+    if ranges:
+        for value in func.args + [r for op in in_order for r in op.results]:
+            if value.quant is None or not value.type.is_float:
+                continue
+            source = value.producer.operands[0] if value.producer is not None and value.producer.name in MOVES else None
+            if source is not None and not source.is_constant and source.quant == value.quant:
+                tie[value.name] = tie.get(source.name, source.name)  # the runtime keeps the input's params
+            else:
+                activations.append(value.name)
+                specs[value.name] = value.quant
+
+    uses = {}
+    for f in module.functions.values():
+        for op in f.ops:
+            for index, v in enumerate(op.operands):
+                if v.is_constant:
+                    uses.setdefault(v.name, []).append((op, index))
+    clipped = {}
+    if clip:
+        for op in in_order:
+            w = op.operands[1] if op.name == "q.linear" else None
+            spec = module.constants[w.name].quant if w is not None and w.is_constant else None
+            if spec is None or spec.zero_point != (0,) or spec.bits > 8:
+                continue
+            if not all(u.name == "q.linear" and i == 1 and id(u) in cone for u, i in uses[w.name]):
+                continue  # a tied embedding: its rows are also gathered
+            if spec.axis is None:
+                clipped[w.name] = 1
+            elif (spec.block_size is None and spec.axis == 0) or (spec.block_size and spec.axis == w.type.rank - 1):
+                clipped[w.name] = w.type.shape[0]
+
+    transforms = []
+    if let:
+        for pair in let_pairs(module, func, cone, target):
+            transforms.append(Transform(pair.name, pair.divide, [lin.operands[1].name for lin in pair.linears],
+                                        pair.channels))
+
+    biases = {}
+    for op in in_order:
+        if op.name == "q.linear" and len(op.operands) > 2 and op.operands[2].is_constant:
+            x, w, b = op.operands[:3]
+            b_spec = module.constants[b.name].quant
+            if b_spec is not None and b_spec.bits == 32 and x.quant is not None and w.quant is not None:
+                biases[b.name] = (x.name, w.name)
+                specs.setdefault(x.name, x.quant)
+    touched = [n for t in transforms for n in t.divide + t.multiply]
+    constants = [n for n in dict.fromkeys(touched + list(clipped))
+                 if module.constants[n].quant is not None and n not in biases]
+    return LearnPlan(func.name, activations, tie, specs, transforms, clipped, constants, biases)
+
+
+# -- the pass ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Learn(Pass):
+    name = "learn"
+    summary = ("MobileQuant: learn activation ranges, weight clipping and equivalent transformations end to end "
+               "(needs quantize), then fold them into weights and static quant params")
+    epochs: int = 2          # passes over the training inputs
+    samples: int = 0         # calibration inputs to train on; 0: all given
+    lr: float = 1e-3         # activation ranges (log scale; zero point as a fraction of the grid)
+    clip_lr: float = 1e-2    # weight clipping logits
+    let_lr: float = 5e-3     # log of the equivalent-transformation scales
+    schedule: str = "cosine"  # learning rates decay to 0 over the steps ("cosine") or stay ("constant")
+    ranges: bool = True
+    clip: bool = True
+    let: bool = True
+
+    def requires(self, module: Module) -> None:
+        if not module.is_quantized():
+            raise QirError("learn: the module is not quantized; put 'calibrate' and 'quantize' before 'learn'")
+        if self.schedule not in ("cosine", "constant"):
+            raise QirError(f"learn: schedule must be 'cosine' or 'constant', got '{self.schedule}'")
+        if self.epochs < 1 or self.samples < 0 or min(self.lr, self.clip_lr, self.let_lr) < 0:
+            raise QirError(f"learn: needs epochs >= 1, samples >= 0 and learning rates >= 0; got epochs={self.epochs}, "
+                           f"samples={self.samples}, lr={self.lr}, clip_lr={self.clip_lr}, let_lr={self.let_lr}")
+
+    def run(self, module: Module, ctx: PassContext) -> PassResult:
+        inputs = ctx.data.get(INPUTS_KEY)
+        if not inputs:
+            raise QirError("learn needs calibration inputs: qir-compile provides them from the model's tokenizer; "
+                           f"from Python, set ctx.data['{INPUTS_KEY}'] to a list of input tuples")
+        func = module.main
+        inputs = [typed_inputs(func, x) for x in (inputs[:self.samples] if self.samples > 0 else inputs)]
+        target = loss_target(func)
+        plan = make_plan(module, func, target, self.ranges, self.clip, self.let)
+        model = build_model(module, plan)
+        graphdef, params, fixed = nnx.split(model, nnx.Param, ...)
+
+        references = float_references(module, target, inputs)
+        fake = Interpreter(module, mode="fake-quant")
+        base = fake.weights_for(func)
+        forward = fake.traced(observe=lambda name, x: x if name == target.name else jnp.zeros((0,), x.dtype),
+                              specs=spec_overrides(module, plan))
+
+        def loss_fn(params, base, inputs, reference):
+            weights = materialize(nnx.merge(graphdef, params, fixed), plan, base, module)
+            _, observed = forward(weights, *inputs)
+            y = observed[target.name].astype(jnp.float32)
+            return jnp.sum(jnp.square(y - reference)) / jnp.maximum(jnp.sum(jnp.square(reference)), 1e-30)
+
+        labels = jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
+        steps = self.epochs * len(inputs)
+        rate = (lambda lr: optax.cosine_decay_schedule(lr, steps)) if self.schedule == "cosine" else (lambda lr: lr)
+        tx = optax.multi_transform({"ranges": optax.adam(rate(self.lr)), "clips": optax.adam(rate(self.clip_lr)),
+                                    "scales": optax.adam(rate(self.let_lr))}, labels)
+
+        @jax.jit
+        def step(params, state, base, inputs, reference):
+            loss, grads = jax.value_and_grad(loss_fn)(params, base, inputs, reference)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state, loss
+
+        evaluate = jax.jit(loss_fn)
+        mean_loss = lambda p: float(np.mean([evaluate(p, base, x, r) for x, r in zip(inputs, references)]))  # noqa: E731
+        before = mean_loss(params)
+        state, curve = tx.init(params), []
+        with progress_bar() as bar:
+            task = bar.add_task("learn", total=self.epochs * len(inputs), status="")
+            for epoch in range(self.epochs):
+                for i in np.random.default_rng(epoch).permutation(len(inputs)):
+                    params, state, loss = step(params, state, base, inputs[i], references[i])
+                    curve.append(float(loss))
+                    bar.update(task, advance=1, status=f"epoch {epoch + 1}/{self.epochs}  loss {curve[-1]:.4g}")
+        after = mean_loss(params)
+
+        learned = lambda params, base: {k: v for k, v in materialize(nnx.merge(graphdef, params, fixed), plan, base,  # noqa: E731
+                                                                    module).items() if k not in base or k in touched}
+        touched = set(plan.touched())
+        fold(module, plan, {k: np.asarray(v) for k, v in jax.jit(learned)(params, base).items()})
+        ctx.data[RESULT_KEY] = {
+            "target": target.name, "loss_before": before, "loss_after": after, "loss": curve,
+            "steps": len(curve), "samples": len(inputs), "activations": len(plan.activations),
+            "clipped_weights": len(plan.clipped), "transforms": [t.key for t in plan.transforms]}
+        ctx.data.setdefault(LOSS_CURVES_KEY, {})[self.name] = curve
+        return PassResult(modified=True)
+
+
+def typed_inputs(func: Function, sample: tuple) -> tuple:
+    if len(sample) != len(func.args):
+        raise QirError(f"learn: @{func.name} takes {len(func.args)} input(s), a calibration sample has {len(sample)}")
+    arrays = tuple(np.asarray(x).astype(a.type.np_dtype, copy=False) for a, x in zip(func.args, sample))
+    for arg, x in zip(func.args, arrays):
+        if x.shape != arg.type.shape:
+            raise QirError(f"learn: input %{arg.name} of @{func.name} has shape {list(arg.type.shape)}, "
+                           f"a calibration sample has {list(x.shape)}")
+    return arrays
+
+
+def float_references(module: Module, target: Value, inputs: list[tuple]) -> list[jax.Array]:
+    """The float module's target value on each input."""
+    interpreter = Interpreter(module)
+    pick = lambda name, x: x if name == target.name else jnp.zeros((0,), x.dtype)  # noqa: E731
+    return [jnp.asarray(interpreter.run_observed(*x, key=f"learn-target-{target.name}", observe=pick)[1][target.name],
+                        jnp.float32) for x in inputs]
