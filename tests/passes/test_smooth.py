@@ -240,16 +240,13 @@ def test_smollm2_float_outputs_unchanged(smollm2_smoothed):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_smollm2_alpha_differs_per_layer_and_beats_any_single_alpha(smollm2_smoothed):
-    """On real statistics the best alpha differs between pairs, so a per-pair choice has less total
-    error than the best single alpha for all of them."""
+def test_smollm2_alpha_differs_per_layer_and_every_pair_gains(smollm2_smoothed):
+    """On real statistics the best alpha differs between pairs, and smoothing reduces every pair's
+    fake-quantized output error (the search could keep s = 1 for any of them)."""
     _, _, report = smollm2_smoothed
     chosen = [r["alpha"] for r in report.values()]
     assert len(set(chosen)) >= 3, chosen
-    grid = [k for k in next(iter(report.values()))["errors"] if k != "None"]
-    per_pair = sum(r["error"] for r in report.values())
-    best_single = min(sum(r["errors"][a] for r in report.values()) for a in grid)
-    assert per_pair < best_single
+    assert all(r["alpha"] is not None and r["error"] < r["error_unsmoothed"] for r in report.values()), report
 
 
 def test_smoothquant_recipes_search_with_the_bits_they_quantize_with():
