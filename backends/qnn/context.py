@@ -37,18 +37,21 @@ def write_context(model: bytes, outdir: Path, soc: str) -> list[Path]:
     return [path, binary]
 
 
-def context_node(path: Path):
-    """The EPContext node of a context model, or None for an ordinary ONNX model."""
+def read_model(path: Path) -> onnx.ModelProto:
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others
         raise QirError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def context_node(model: onnx.ModelProto):
+    """The EPContext node of a context model, or None for an ordinary ONNX model."""
     return next((n for n in model.graph.node if n.op_type == "EPContext"), None)
 
 
 def context_binary(path: Path) -> Path:
     """The binary file an EPContext model (embed mode 0) points to."""
-    node = context_node(path)
+    node = context_node(read_model(path))
     if node is None:
         raise QirError(f"{path}: not an EPContext model")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
