@@ -14,6 +14,7 @@ straight-through rounding. Afterwards everything is folded into the weights and 
 params: the result is an ordinary quantized module. See docs/accuracy-passes.md."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import jax
@@ -94,18 +95,48 @@ def let_pairs(module: Module, func: Function, cone: set[int], target: Value) -> 
     return [p for p in pairs if p.activation is not target and all(id(lin) in cone for lin in p.linears)]
 
 
+def shared_params(ops: list[Op]):
+    """value name -> the first value (in program order) whose quant params it must keep equal:
+    a reshape/transpose keeps its input's params in integer runtimes, and a concatenation whose
+    parts already share its params would need a requantization if one of them moved."""
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.get(name, name) != name:
+            name = parent[name]
+        return name
+
+    for op in ops:
+        linked = op.operands[:1] if op.name in MOVES else op.operands if op.name == "q.concat" else []
+        for source in linked:
+            if not source.is_constant and source.quant is not None and source.quant == op.result.quant:
+                a, b = find(source.name), find(op.result.name)
+                if a != b:
+                    parent[b] = a
+    # the first member in program order is the representative
+    order: dict[str, int] = {}
+    for op in ops:
+        for v in list(op.operands) + op.results:
+            order.setdefault(v.name, len(order))
+    firsts: dict[str, str] = {}
+    for name in sorted(parent.keys() | set(parent.values()), key=lambda n: order.get(n, -1)):
+        firsts.setdefault(find(name), name)
+    return lambda name: firsts.get(find(name), name)
+
+
 def make_plan(module: Module, func: Function, target: Value, ranges: bool, clip: bool, let: bool) -> LearnPlan:
     ops = upstream_ops(target)
     cone = {id(op) for op in ops}
     in_order = [op for op in func.ops if id(op) in cone]
     activations, tie, specs = [], {}, {}
     if ranges:
+        root = shared_params(in_order)
         for value in func.args + [r for op in in_order for r in op.results]:
             if value.quant is None or not value.type.is_float:
                 continue
-            source = value.producer.operands[0] if value.producer is not None and value.producer.name in MOVES else None
-            if source is not None and not source.is_constant and source.quant == value.quant:
-                tie[value.name] = tie.get(source.name, source.name)  # the runtime keeps the input's params
+            first = root(value.name)
+            if first in specs:
+                tie[value.name] = first
             else:
                 activations.append(value.name)
                 specs[value.name] = value.quant
@@ -215,13 +246,15 @@ class Learn(Pass):
         evaluate = jax.jit(loss_fn)
         mean_loss = lambda p: float(np.mean([evaluate(p, base, x, r) for x, r in zip(inputs, references)]))  # noqa: E731
         before = mean_loss(params)
-        state, curve = tx.init(params), []
+        state, curve, seconds = tx.init(params), [], []
         with progress_bar() as bar:
             task = bar.add_task("learn", total=self.epochs * len(inputs), status="")
             for epoch in range(self.epochs):
                 for i in np.random.default_rng(epoch).permutation(len(inputs)):
+                    start = time.perf_counter()
                     params, state, loss = step(params, state, base, inputs[i], references[i])
                     curve.append(float(loss))
+                    seconds.append(time.perf_counter() - start)
                     bar.update(task, advance=1, status=f"epoch {epoch + 1}/{self.epochs}  loss {curve[-1]:.4g}")
         after = mean_loss(params)
 
@@ -231,7 +264,8 @@ class Learn(Pass):
         fold(module, plan, {k: np.asarray(v) for k, v in jax.jit(learned)(params, base).items()})
         ctx.data[RESULT_KEY] = {
             "target": target.name, "loss_before": before, "loss_after": after, "loss": curve,
-            "steps": len(curve), "samples": len(inputs), "activations": len(plan.activations),
+            "steps": len(curve), "samples": len(inputs), "first_step_seconds": seconds[0],
+            "step_seconds": float(np.median(seconds[1:])) if len(seconds) > 1 else None, "activations": len(plan.activations),
             "clipped_weights": len(plan.clipped), "transforms": [t.key for t in plan.transforms]}
         ctx.data.setdefault(LOSS_CURVES_KEY, {})[self.name] = curve
         return PassResult(modified=True)
