@@ -27,7 +27,8 @@ from qir import Function, Interpreter, Module, Op, Pass, PassContext, PassResult
 from qir.calibration_data import INPUTS_KEY
 from qir.evaluate import progress_bar
 from qir.quant_report import LOSS_CURVES_KEY
-from qir.learning import LearnPlan, Transform, build_model, fold, materialize, spec_overrides
+from qir.learning import (LearnPlan, Transform, build_model, cayley, fold, materialize, spec_overrides,
+                          start_factors)
 
 from passes.smooth import SmoothPair, constant_use_counts, find_pairs, linear_readers
 
@@ -178,7 +179,8 @@ def make_plan(module: Module, func: Function, target: Value, ranges: bool, clip:
     touched = [n for t in transforms for n in t.divide + t.multiply]
     constants = [n for n in dict.fromkeys(touched + list(clipped))
                  if module.constants[n].quant is not None and n not in biases]
-    return LearnPlan(func.name, activations, tie, specs, transforms, clipped, constants, biases)
+    return LearnPlan(func.name, activations, tie, specs, transforms, clipped, constants, biases,
+                     factors=start_factors(module, constants))
 
 
 # -- the pass ----------------------------------------------------------------------------------------
@@ -208,76 +210,89 @@ class Learn(Pass):
                            f"samples={self.samples}, lr={self.lr}, clip_lr={self.clip_lr}, let_lr={self.let_lr}")
 
     def run(self, module: Module, ctx: PassContext) -> PassResult:
-        inputs = ctx.data.get(INPUTS_KEY)
-        if not inputs:
-            raise QirError("learn needs calibration inputs: qir-compile provides them from the model's tokenizer; "
-                           f"from Python, set ctx.data['{INPUTS_KEY}'] to a list of input tuples")
-        func = module.main
-        inputs = [typed_inputs(func, x) for x in (inputs[:self.samples] if self.samples > 0 else inputs)]
-        target = loss_target(func)
-        plan = make_plan(module, func, target, self.ranges, self.clip, self.let)
-        model = build_model(module, plan)
-        graphdef, params, fixed = nnx.split(model, nnx.Param, ...)
-
-        references = float_references(module, target, inputs)
-        fake = Interpreter(module, mode="fake-quant")
-        base = fake.weights_for(func)
-        forward = fake.traced(observe=lambda name, x: x if name == target.name else jnp.zeros((0,), x.dtype),
-                              specs=spec_overrides(module, plan))
-
-        def loss_fn(params, base, inputs, reference):
-            weights = materialize(nnx.merge(graphdef, params, fixed), plan, base, module)
-            _, observed = forward(weights, *inputs)
-            y = observed[target.name].astype(jnp.float32)
-            return jnp.sum(jnp.square(y - reference)) / jnp.maximum(jnp.sum(jnp.square(reference)), 1e-30)
-
-        labels = jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
-        steps = self.epochs * len(inputs)
-        rate = (lambda lr: optax.cosine_decay_schedule(lr, steps)) if self.schedule == "cosine" else (lambda lr: lr)
-        tx = optax.multi_transform({"ranges": optax.adam(rate(self.lr)), "clips": optax.adam(rate(self.clip_lr)),
-                                    "scales": optax.adam(rate(self.let_lr))}, labels)
-
-        @jax.jit
-        def step(params, state, base, inputs, reference):
-            loss, grads = jax.value_and_grad(loss_fn)(params, base, inputs, reference)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state, loss
-
-        evaluate = jax.jit(loss_fn)
-        mean_loss = lambda p: float(np.mean([evaluate(p, base, x, r) for x, r in zip(inputs, references)]))  # noqa: E731
-        before = mean_loss(params)
-        state, curve, seconds = tx.init(params), [], []
-        with progress_bar() as bar:
-            task = bar.add_task("learn", total=self.epochs * len(inputs), status="")
-            for epoch in range(self.epochs):
-                for i in np.random.default_rng(epoch).permutation(len(inputs)):
-                    start = time.perf_counter()
-                    params, state, loss = step(params, state, base, inputs[i], references[i])
-                    curve.append(float(loss))
-                    seconds.append(time.perf_counter() - start)
-                    bar.update(task, advance=1, status=f"epoch {epoch + 1}/{self.epochs}  loss {curve[-1]:.4g}")
-        after = mean_loss(params)
-
-        learned = lambda params, base: {k: v for k, v in materialize(nnx.merge(graphdef, params, fixed), plan, base,  # noqa: E731
-                                                                    module).items() if k not in base or k in touched}
-        touched = set(plan.touched())
-        fold(module, plan, {k: np.asarray(v) for k, v in jax.jit(learned)(params, base).items()})
-        ctx.data[RESULT_KEY] = {
-            "target": target.name, "loss_before": before, "loss_after": after, "loss": curve,
-            "steps": len(curve), "samples": len(inputs), "first_step_seconds": seconds[0],
-            "step_seconds": float(np.median(seconds[1:])) if len(seconds) > 1 else None, "activations": len(plan.activations),
-            "clipped_weights": len(plan.clipped), "transforms": [t.key for t in plan.transforms]}
-        ctx.data.setdefault(LOSS_CURVES_KEY, {})[self.name] = curve
+        inputs = training_inputs(module, ctx, self.name, self.samples)
+        target = loss_target(module.main)
+        plan = make_plan(module, module.main, target, self.ranges, self.clip, self.let)
+        rates = {"ranges": self.lr, "clips": self.clip_lr, "scales": self.let_lr}
+        ctx.data[RESULT_KEY] = train(module, ctx, plan, target, inputs, rates, self.epochs, self.schedule, self.name)
         return PassResult(modified=True)
 
 
-def typed_inputs(func: Function, sample: tuple) -> tuple:
+def training_inputs(module: Module, ctx: PassContext, name: str, samples: int) -> list[tuple]:
+    inputs = ctx.data.get(INPUTS_KEY)
+    if not inputs:
+        raise QirError(f"{name} needs calibration inputs: qir-compile provides them from the model's tokenizer; "
+                       f"from Python, set ctx.data['{INPUTS_KEY}'] to a list of input tuples")
+    return [typed_inputs(module.main, x, name) for x in (inputs[:samples] if samples > 0 else inputs)]
+
+
+def train(module: Module, ctx: PassContext, plan: LearnPlan, target: Value, inputs: list[tuple],
+          rates: dict[str, float], epochs: int, schedule: str, name: str) -> dict:
+    """Train the plan's parameters end to end on the relative squared error of `target` (adam; the
+    Cayley optimizer for rotations), fold them into the module, and return a report. `rates` has
+    a learning rate per kind of parameter: ranges, clips, scales, rotations."""
+    func = module.main
+    model = build_model(module, plan)
+    graphdef, params, fixed = nnx.split(model, nnx.Param, ...)
+    references = float_references(module, target, inputs)
+    fake = Interpreter(module, mode="fake-quant")
+    base = fake.weights_for(func)
+    forward = fake.traced(observe=lambda n, x: x if n == target.name else jnp.zeros((0,), x.dtype),
+                          specs=spec_overrides(module, plan))
+
+    def loss_fn(params, base, inputs, reference):
+        weights = materialize(nnx.merge(graphdef, params, fixed), plan, base, module)
+        _, observed = forward(weights, *inputs)
+        y = observed[target.name].astype(jnp.float32)
+        return jnp.sum(jnp.square(y - reference)) / jnp.maximum(jnp.sum(jnp.square(reference)), 1e-30)
+
+    labels = jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
+    steps = epochs * len(inputs)
+    rate = (lambda lr: optax.cosine_decay_schedule(lr, max(steps, 1))) if schedule == "cosine" else (lambda lr: lr)
+    optimizers = {kind: optax.adam(rate(lr)) for kind, lr in rates.items() if kind != "rotations"}
+    optimizers["rotations"] = cayley(rate(rates.get("rotations", 0.0)))
+    tx = optax.multi_transform(optimizers, labels)
+
+    @jax.jit
+    def step(params, state, base, inputs, reference):
+        loss, grads = jax.value_and_grad(loss_fn)(params, base, inputs, reference)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    evaluate = jax.jit(loss_fn)
+    mean_loss = lambda p: float(np.mean([evaluate(p, base, x, r) for x, r in zip(inputs, references)]))  # noqa: E731
+    before = mean_loss(params)
+    state, curve, seconds = tx.init(params), [], []
+    with progress_bar() as bar:
+        task = bar.add_task(name, total=steps, status="")
+        for epoch in range(epochs):
+            for i in np.random.default_rng(epoch).permutation(len(inputs)):
+                start = time.perf_counter()
+                params, state, loss = step(params, state, base, inputs[i], references[i])
+                curve.append(float(loss))
+                seconds.append(time.perf_counter() - start)
+                bar.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs}  loss {curve[-1]:.4g}")
+    after = mean_loss(params)
+
+    touched = set(plan.touched())
+    learned = lambda params, base: {k: v for k, v in materialize(nnx.merge(graphdef, params, fixed), plan, base,  # noqa: E731
+                                                                module).items() if k not in base or k in touched}
+    fold(module, plan, {k: np.asarray(v) for k, v in jax.jit(learned)(params, base).items()})
+    ctx.data.setdefault(LOSS_CURVES_KEY, {})[name] = curve
+    return {"target": target.name, "loss_before": before, "loss_after": after, "loss": curve,
+            "steps": len(curve), "samples": len(inputs), "first_step_seconds": seconds[0] if seconds else None,
+            "step_seconds": float(np.median(seconds[1:])) if len(seconds) > 1 else None,
+            "activations": len(plan.activations), "clipped_weights": len(plan.clipped),
+            "transforms": [t.key for t in plan.transforms], "rotations": sorted(plan.rotation_sizes)}
+
+
+def typed_inputs(func: Function, sample: tuple, name: str = "learn") -> tuple:
     if len(sample) != len(func.args):
-        raise QirError(f"learn: @{func.name} takes {len(func.args)} input(s), a calibration sample has {len(sample)}")
+        raise QirError(f"{name}: @{func.name} takes {len(func.args)} input(s), a calibration sample has {len(sample)}")
     arrays = tuple(np.asarray(x).astype(a.type.np_dtype, copy=False) for a, x in zip(func.args, sample))
     for arg, x in zip(func.args, arrays):
         if x.shape != arg.type.shape:
-            raise QirError(f"learn: input %{arg.name} of @{func.name} has shape {list(arg.type.shape)}, "
+            raise QirError(f"{name}: input %{arg.name} of @{func.name} has shape {list(arg.type.shape)}, "
                            f"a calibration sample has {list(x.shape)}")
     return arrays
 

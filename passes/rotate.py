@@ -227,7 +227,10 @@ class Rotate(Pass):
         ctx.data[self.name] = {"kind": self.kind, "residual_width": d, "head_dims": sorted(head_dims),
                                "readers": sum(len(s.readers) for s in streams.values()),
                                "writers": sum(len(s.writers) for s in streams.values()),
-                               "heads_rotated": rotated_heads, "online": len(online_inputs)}
+                               "heads_rotated": rotated_heads, "online": len(online_inputs),
+                               # which constants carry which rotation, for learn-rotation
+                               "constants": {name: {"left": list(left), "right": list(right)}
+                                             for name, (left, right) in plan.items()}}
         return PassResult(modified=True)
 
     def _check_no_other_uses(self, module: Module, roles: dict[str, set[tuple[int, int]]]) -> None:

@@ -74,13 +74,54 @@ class ChannelScales(nnx.Module):
         return jnp.exp(self.log_s[...])
 
 
-class LearnedQuant(nnx.Module):
-    """Everything a plan learns: `ranges`, `clips` by weight constant, `scales` by transform."""
+class Rotation(nnx.Module):
+    """An orthogonal n×n matrix, starting at the identity; its optimizer (`cayley`) keeps it orthogonal."""
 
-    def __init__(self, ranges: ActivationRanges, clips: dict[str, WeightClip], scales: dict[str, ChannelScales]):
+    def __init__(self, n: int):
+        self.q = nnx.Param(jnp.eye(n, dtype=jnp.float32))
+
+    def __call__(self):
+        return self.q[...]
+
+
+class LearnedQuant(nnx.Module):
+    """Everything a plan learns: `ranges`, `clips` by weight constant, `scales` by transform,
+    `rotations` by name ("R1", "R2")."""
+
+    def __init__(self, ranges: ActivationRanges, clips: dict[str, WeightClip], scales: dict[str, ChannelScales],
+                 rotations: dict[str, Rotation] | None = None):
         self.ranges = ranges
         self.clips = nnx.Dict(clips)
         self.scales = nnx.Dict(scales)
+        self.rotations = nnx.Dict(rotations or {})
+
+
+def cayley(learning_rate, momentum: float = 0.9):
+    """Gradient descent on the orthogonal manifold (an optax transformation for `Rotation` params).
+    With momentum m of the Euclidean gradient, A = m·Xᵀ − X·mᵀ is skew-symmetric and the Cayley
+    transform X' = (I + a/2·A)⁻¹(I − a/2·A)·X is orthogonal again. A is normalized to unit spectral
+    scale (its Frobenius norm over √n), so the learning rate is roughly the angle of a step."""
+    import optax
+
+    def init(params):
+        return {"m": jax.tree.map(jnp.zeros_like, params), "count": jnp.zeros((), jnp.int32)}
+
+    def update(grads, state, params):
+        rate = learning_rate(state["count"]) if callable(learning_rate) else learning_rate
+
+        def step(g, m, x):
+            m = momentum * m + g
+            a = m @ x.T - x @ m.T
+            a = a / (jnp.linalg.norm(a) / jnp.sqrt(a.shape[0]) + 1e-12)
+            eye = jnp.eye(x.shape[0], dtype=x.dtype)
+            return jnp.linalg.solve(eye + rate / 2 * a, (eye - rate / 2 * a) @ x) - x, m
+
+        leaves, tree = jax.tree.flatten(grads)
+        out = [step(g, m, x) for g, m, x in zip(leaves, tree.flatten_up_to(state["m"]), tree.flatten_up_to(params))]
+        updates, moments = tree.unflatten([u for u, _ in out]), tree.unflatten([m for _, m in out])
+        return updates, {"m": moments, "count": state["count"] + 1}
+
+    return optax.GradientTransformation(init, update)
 
 
 @dataclass
@@ -104,10 +145,15 @@ class LearnPlan:
     clipped: dict[str, int]              # weight constant -> channels of its WeightClip
     constants: list[str]                 # quantized constants whose scales are recomputed from their data
     biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # bias -> (input value, weight constant)
+    # constant -> its clip factor per output channel at the start (an mse observer's clipping is kept)
+    factors: dict[str, np.ndarray] = field(default_factory=dict)
+    # constant -> (left, right) learned rotations: ("R1",) whole, ("R2", D) per block of D; () none
+    rotated: dict[str, tuple[tuple, tuple]] = field(default_factory=dict)
+    rotation_sizes: dict[str, int] = field(default_factory=dict)  # "R1"/"R2" -> n
 
     def touched(self) -> list[str]:
-        """Constants whose data the transforms change."""
-        return list(dict.fromkeys(n for t in self.transforms for n in t.divide + t.multiply))
+        """Constants whose data the transforms and rotations change."""
+        return list(dict.fromkeys([n for t in self.transforms for n in t.divide + t.multiply] + list(self.rotated)))
 
 
 def param_key(kind: str, name: str, what: str) -> str:
@@ -122,7 +168,21 @@ def build_model(module: Module, plan: LearnPlan) -> LearnedQuant:
         np.array([s.bits for s in specs], np.float32), np.array([s.bits <= 8 for s in specs], np.float32))
     clips = {name: WeightClip(channels) for name, channels in plan.clipped.items()}
     scales = {t.key: ChannelScales(int(t.channels.max()) + 1) for t in plan.transforms}
-    return LearnedQuant(ranges, clips, scales)
+    rotations = {name: Rotation(n) for name, n in plan.rotation_sizes.items()}
+    return LearnedQuant(ranges, clips, scales, rotations)
+
+
+def rotate_constant(w, left: tuple, right: tuple, mats: dict):
+    """Qᵀ·w on the rows (per block of D rows for R2) and w·Q on the columns (per block of D)."""
+    if left:
+        q = mats[left[0]]
+        dim = q.shape[0]
+        w = jnp.einsum("ed,hd...->he...", q.T, w.reshape((-1, dim) + w.shape[1:])).reshape(w.shape)
+    if right:
+        q = mats[right[0]]
+        dim = q.shape[0]
+        w = (w.reshape(w.shape[0], -1, dim) @ q).reshape(w.shape)
+    return w
 
 
 def spec_overrides(module: Module, plan: LearnPlan) -> dict[str, QuantSpec]:
@@ -160,6 +220,9 @@ def materialize(model: LearnedQuant, plan: LearnPlan, base: dict, module: Module
     """The interpreter's weights dict for the current parameters: `base` with the transformed
     constants and every learned or recomputed scale and zero point (keys from `param_key`)."""
     weights = dict(base)
+    mats = {name: model.rotations[name]() for name in plan.rotation_sizes}
+    for name, (left, right) in plan.rotated.items():
+        weights[name] = rotate_constant(weights[name].astype(jnp.float32), left, right, mats)
     for t in plan.transforms:
         s = model.scales[t.key]()
         for name in t.divide:
@@ -175,7 +238,8 @@ def materialize(model: LearnedQuant, plan: LearnPlan, base: dict, module: Module
             weights[param_key("%", name, "zero")] = zero[i:i + 1]
     for name in plan.constants:
         factor = model.clips[name]() if name in plan.clipped else None
-        weights[param_key("@", name, "scale")] = symmetric_scale(weights[name], module.constants[name].quant, factor)
+        scale = symmetric_scale(weights[name], module.constants[name].quant, factor)
+        weights[param_key("@", name, "scale")] = scale * plan.factors[name] if name in plan.factors else scale
     for name, (x, w) in plan.biases.items():
         root = plan.tie.get(x, x)
         x_scale = (weights[param_key("%", root, "scale")] if root in index
@@ -186,6 +250,20 @@ def materialize(model: LearnedQuant, plan: LearnPlan, base: dict, module: Module
         weights[param_key("@", name, "scale")] = jnp.broadcast_to(x_scale * w_scale.reshape(-1),
                                                                   module.constants[name].type.shape[:1])
     return weights
+
+
+def start_factors(module: Module, names: list[str]) -> dict[str, np.ndarray]:
+    """Per constant: its quant scale over the min/max scale of its data (1 where no observer clipped),
+    so that scales recomputed while learning keep the clipping `quantize` chose."""
+    factors = {}
+    for name in names:
+        spec = module.constants[name].quant
+        current = np.asarray(module.weights.get(spec.scale) if isinstance(spec.scale, str) else spec.scale, np.float32)
+        minmax = np.asarray(symmetric_scale(jnp.asarray(module.weights.get(name)), spec), np.float32)
+        ratio = current.reshape(minmax.shape) / minmax
+        if not np.allclose(ratio, 1.0, rtol=1e-6):
+            factors[name] = ratio
+    return factors
 
 
 def fold(module: Module, plan: LearnPlan, arrays: dict) -> None:
