@@ -24,6 +24,13 @@ METHODS: dict[str, tuple[str, str]] = {
                "quantize{recipe=@bits,weight_observer=mse}",
                "norms folded, Hadamard rotations of the residual stream and of each head's values (QuaRot); "
                "weights clipped for least squared error, static min/max activations"),
+    "mobilequant": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=@bits,weight_observer=mse},learn",
+                    "MobileQuant: activation ranges, weight clipping and equivalent transformations learned end to "
+                    "end on calibration data, folded into static params"),
+    "quantnpu": ("canonicalize,dce,fold-norms,rotate{kind=hadamard},calibrate,"
+                 "quantize{recipe=@bits,weight_observer=mse},learn-rotation",
+                 "Quant.npu: the quarot rotations learned further on the orthogonal manifold, then the quant "
+                 "params per group (rotated tensors, then the rest), MSE ranges for rotated 8-bit tensors"),
 }
 RECIPES: dict[str, tuple[str, str]] = {
     # name: (pipeline, what it is for)

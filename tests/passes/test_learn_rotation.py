@@ -1,0 +1,95 @@
+"""learn-rotation (Quant.npu): the Cayley optimizer stays on the orthogonal manifold and descends;
+on a tiny random llama the learned rotations keep the float function, every stage reports its loss,
+the graph keeps its ops and runs in TFLite bit-exact with qir's integer rules; bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import qir
+from qir import PassContext, PassManager, QirError, parse_pipeline
+from qir.learning import cayley
+from qir.recipes import recipe_pipeline
+from tests.passes.test_learn import quantized, tiny_llama, tokens
+
+ROTATED = ("canonicalize,dce,fold-norms,rotate,decompose-norms,calibrate,"
+           "quantize{recipe=w8a8,weight_observer=mse}")
+
+
+def test_cayley_keeps_the_matrix_orthogonal_and_finds_a_rotation():
+    """min ‖X·Q − X·R‖² over orthogonal Q: the loss falls by orders of magnitude, QᵀQ stays I."""
+    rng = np.random.default_rng(0)
+    n = 16
+    target, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    if np.linalg.det(target) < 0:  # reachable from the identity: a rotation, not a reflection
+        target[:, 0] *= -1
+    x = jnp.asarray(rng.standard_normal((64, n)), jnp.float32)
+    y = x @ jnp.asarray(target, jnp.float32)
+    loss = lambda q: jnp.mean(jnp.square(x @ q - y))  # noqa: E731
+    tx = cayley(optax.cosine_decay_schedule(0.3, 300), momentum=0.5)
+    q = jnp.eye(n, dtype=jnp.float32)
+    state = tx.init(q)
+    start = float(loss(q))
+    for _ in range(300):
+        updates, state = tx.update(jax.grad(loss)(q), state, q)
+        q = optax.apply_updates(q, updates)
+    assert float(loss(q)) < 1e-3 * start, (start, float(loss(q)))
+    np.testing.assert_allclose(np.asarray(q.T @ q), np.eye(n), atol=1e-4)
+
+
+def learned(**options):
+    module, ctx = quantized(ROTATED)
+    text = ",".join(f"{k}={v}" for k, v in options.items())
+    PassManager(parse_pipeline(f"learn-rotation{{{text}}}" if text else "learn-rotation")).run(module, ctx)
+    return module, ctx
+
+
+def test_stages_report_and_the_float_function_is_kept():
+    reference, _ = quantized(ROTATED)
+    module, ctx = learned(rotation_epochs=2, param_epochs=1)
+    report = ctx.data["learn-rotation"]
+    assert report["rotated_constants"] == 16  # table, 2 x (q, k, v, o, gate, up, down), head
+    assert report["mse_initialised"] > 0
+    assert report["rotations"]["rotations"] == ["R1", "R2"] and report["rotations"]["steps"] == 16
+    assert report["rotated"]["activations"] > 0 and report["rotated"]["clipped_weights"] == 14
+    assert report["others"]["activations"] > 0 and report["others"]["clipped_weights"] == 0
+    # the rotations moved the weights, and cancel in float (orthogonal to float32 precision)
+    assert np.abs(module.weights.get("blk.0.attn_q") - reference.weights.get("blk.0.attn_q")).max() > 1e-4
+    for x in tokens(3, seed=5):
+        want = qir.interpret(reference, *x)[0]
+        np.testing.assert_allclose(qir.interpret(module, *x)[0], want, atol=2e-3 * np.abs(want).max())
+    assert set(ctx.data["loss_curves"]) == {"learn-rotation: rotations", "learn-rotation: rotated quant params",
+                                            "learn-rotation: others quant params"}
+
+
+def test_the_result_runs_in_tflite_bit_exact_with_the_same_ops():
+    from backends.tflite.emit import emit_tflite
+    from backends.tflite.legalize import legalize_tflite
+    from backends.tflite.reference import run_integer
+    from backends.tflite.runner import run_tflite
+    module, _ = quantized(ROTATED)
+    legal_before = [op.name for op in legalize_tflite(module).main.ops]
+    module, _ = learned(rotation_epochs=1, param_epochs=1)
+    legal = legalize_tflite(module)
+    assert [op.name for op in legal.main.ops] == legal_before  # no rotation op, no requantization added
+    x = tokens(1, seed=3)[0][0]
+    runtime = run_tflite(emit_tflite(legal), {"tokens": x})
+    assert np.count_nonzero(runtime[legal.main.outputs[0].name] != run_integer(legal, x)[0]) == 0
+
+
+def test_quantnpu_recipe_runs_the_stages_in_order():
+    pipeline = recipe_pipeline("quantnpu-w8a8")
+    names = [p.name for p in parse_pipeline(pipeline)]
+    assert names.index("rotate") < names.index("calibrate") < names.index("quantize") < names.index("learn-rotation")
+    assert "learn" in [p.name for p in parse_pipeline(recipe_pipeline("mobilequant-w4a8"))]
+
+
+def test_bad_input():
+    module, ctx = quantized()  # quantized, but never rotated
+    with pytest.raises(QirError, match="put 'fold-norms,rotate' before 'calibrate'"):
+        PassManager(parse_pipeline("learn-rotation")).run(module, ctx)
+    with pytest.raises(QirError, match="not quantized; put 'calibrate' and 'quantize' before it"):
+        PassManager(parse_pipeline("learn-rotation")).run(tiny_llama(), PassContext(data={"calibration_inputs": tokens(2)}))
+    with pytest.raises(QirError, match="needs epochs >= 0"):
+        PassManager(parse_pipeline("learn-rotation{rotation_lr=-1}")).run(*quantized(ROTATED))
