@@ -2,6 +2,8 @@
 
     python benchmarks/tflite_accuracy.py [--models smollm2,minilm] [--recipes a16w8,w8a8]
                                          [--observers minmax,mse] [--tokens 4096] [--sentences 64]
+    python benchmarks/tflite_accuracy.py --observers recipe \
+        --recipes rtn-w8a8,smoothquant-w8a8,quarot-w8a8,mobilequant-w8a8,quantnpu-w8a8   # the accuracy passes
 
 For each model × recipe × observer: `qir-compile MODEL -p ...quantize{recipe=R,observer=O}
 --target tflite` (decompose-norms runs in front of calibrate, as for --recipe R), then
@@ -44,9 +46,12 @@ def run_child(argv: list[str]) -> tuple[str, float, float]:
 
 
 def measure(model: str, recipe: str, observer: str, outdir: Path, args) -> dict:
-    pipeline = f"canonicalize,dce,calibrate{{histogram={str(observer != 'minmax').lower()}}}," \
-               f"quantize{{recipe={recipe},observer={observer}}}"
-    _, seconds, rss = run_child([str(BIN / "qir-compile"), model, "-p", pipeline, "--target", "tflite",
+    if observer == "recipe":  # the named recipe as qir-compile --recipe runs it (METHOD-BITS)
+        how = ["--recipe", recipe]
+    else:
+        how = ["-p", f"canonicalize,dce,calibrate{{histogram={str(observer != 'minmax').lower()}}},"
+                     f"quantize{{recipe={recipe},observer={observer}}}"]
+    _, seconds, rss = run_child([str(BIN / "qir-compile"), model, *how, "--target", "tflite",
                                  "--report-samples", "0", "-o", str(outdir)])
     evaluate = [str(BIN / "qir-eval"), model, "--compiled", str(outdir / "model.tflite"), "--json"]
     evaluate += ["--tokens", str(args.tokens)] if model != "minilm" else ["--sentences", str(args.sentences)]
@@ -63,7 +68,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2,minilm")
     parser.add_argument("--recipes", default="a16w8,w8a8")
-    parser.add_argument("--observers", default="minmax,mse")
+    parser.add_argument("--observers", default="minmax,mse",
+                        help="activation observers to try; 'recipe': run each recipe as named (METHOD-BITS, e.g. "
+                             "quarot-w4a8, with its own pipeline and observers)")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
