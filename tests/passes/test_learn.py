@@ -1,6 +1,6 @@
 """learn (MobileQuant): the loss falls on a tiny random llama and the error on held-out inputs with it;
 the folded module computes what the learned parameters did; the result verifies, legalizes to TFLite
-and runs there bit-exact with qir's integer rules; golden folds; real SmolLM2 (slow); bad input."""
+and runs there bit-exact with qir's integer rules; golden folds; bad input."""
 from pathlib import Path
 
 import jax.numpy as jnp
