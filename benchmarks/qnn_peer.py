@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from child_process import run_child  # noqa: E402
 from machine_load import load_footer  # noqa: E402
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -58,21 +58,6 @@ OPSET = 17  # the legacy exporter's usual opset; converted to 21 (16-bit QDQ) be
 # tools: name on the command line -> label in the table
 TOOLS = {"qir": "qir", "ort": "ORT", "ort-fused": "ORT, RMSNorm fused"}
 ORT_TYPES = {"a16w8": ("QUInt16", "QUInt8"), "w8a8": ("QUInt8", "QUInt8")}  # activation, weight
-
-
-def run_child(argv: list[str]) -> tuple[str, float, float]:
-    """(stdout, seconds, peak RSS in MB) of one command in its own process."""
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:  # no pipe to fill up
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=stdout, stderr=stderr, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        stdout.seek(0)
-        stderr.seek(0)
-        out, err = stdout.read(), stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{err[-3000:]}")
-    return out, seconds, usage.ru_maxrss / 1024
 
 
 def run_worker(name: str, args, *extra: str) -> tuple[dict, float, float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,23 +25,11 @@ from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from child_process import run_child  # noqa: E402
 from machine_load import load_footer  # noqa: E402
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 BIN = Path(sys.executable).parent
-
-
-def run_child(argv: list[str]) -> tuple[str, float, float]:
-    """(stdout, seconds, peak RSS in MB) of one command in its own process."""
-    import time
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    out, err = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{err[-2000:]}")
-    return out, seconds, usage.ru_maxrss / 1024
 
 
 def measure(model: str, recipe: str, observer: str, outdir: Path, args) -> dict:
