@@ -26,7 +26,7 @@ ONNX_OPS = {"q.add": "Add", "q.sub": "Sub", "q.mul": "Mul", "q.relu": "Relu", "q
             "q.tanh": "Tanh", "q.softmax": "Softmax", "q.matmul": "MatMul", "q.transpose": "Transpose",
             "q.reshape": "Reshape", "q.slice": "Slice", "q.concat": "Concat", "q.gather": "Gather",
             "q.gelu": "Gelu", "q.masked_fill": "Where", "q.linear": "MatMul",
-            "q.rms_norm": "RMSNormalization", "q.layer_norm": "LayerNormalization"}
+            "q.rms_norm": "RMSNormalization", "q.layer_norm": "LayerNormalization", "q.cast": "Cast"}
 
 
 def storage(spec: QuantSpec, what: str):
@@ -157,6 +157,8 @@ class Emitter:
             attrs = {"perm": [int(p) for p in op.attrs["perm"]]}
         elif op.name in ("q.rms_norm", "q.layer_norm"):
             attrs = {"axis": -1, "epsilon": float(op.attrs["eps"])}
+        elif op.name == "q.cast":
+            attrs = {"to": onnx_type(result.type.np_dtype)}
         elif op.name == "q.gelu":
             attrs = {"approximate": op.attrs["approximate"]}
         elif op.name == "q.reshape":

@@ -28,6 +28,7 @@ from qir.ir import Module, Op, Value
 from qir.quant import QuantSpec
 from qir.verifier import verify
 
+INTEGER_DTYPES = ("i64", "i32", "i16", "i8", "u32", "u16", "u8")
 SIGMOID_OUTPUT = {8: QuantSpec(8, False, scale=(1 / 255,), zero_point=(0,)),
                   16: QuantSpec(16, False, scale=(1 / 65535,), zero_point=(0,))}
 
@@ -92,6 +93,7 @@ class Legalizer:
         self.src = module
         self.dst = Module(module.name, {k: v for k, v in module.attrs.items() if k != "weights"})
         self.env: dict[int, Value] = {}
+        self.conditions: dict[int, Value] = {}  # mask value -> its bool condition
 
     # -- values and constants ---------------------------------------------------------------------
     def get(self, value: Value) -> Value:
@@ -261,30 +263,69 @@ def lower_silu(lz: Legalizer, op: Op) -> Value:
 
 
 def lower_softmax(lz: Legalizer, op: Op) -> Value:
+    """Probabilities are unsigned with zero point 0 on the recipe's grid (a signed [-1, 1] spec
+    becomes u16 0..65535 at the same scale: the same value for every probability). HTP's 16-bit
+    MatMul of probabilities with zero point 32768 by values leaks the padding: keys whose
+    probability is exactly 0 still moved the result by 2 LSB when their values changed (measured
+    on a u16 x s16 MatMul, 0 with zero point 0, which also halved the difference to the CPU EP)."""
     name = op.results[0].name
     x = lz.get(op.operands[0])
     if op.attrs["axis"] not in (-1, x.type.rank - 1):
         raise QirError(f"qnn: q.softmax %{name} must run over the last axis")
     bits = lz.width(op)
     x = lz.operand(op.operands[0], bits, name + ".x")
-    y = lz.op("q.softmax", [x], in_width(need_spec(op.results[0]), bits), name, axis=-1)
-    return lz.finish(y, op.results[0])
+    spec = in_width(need_spec(op.results[0]), bits)
+    if real_range(spec)[1] >= 1.0:
+        spec = QuantSpec(bits, False, scale=spec.scale, zero_point=(0,))
+        return lz.op("q.softmax", [x], spec, name, axis=-1)
+    return lz.finish(lz.op("q.softmax", [x], spec, name, axis=-1), op.results[0])
 
 
-def lower_masked_fill(lz: Legalizer, op: Op) -> Value:
-    """Where(mask, x, fill) with x, the fill and the result in one spec: the fill saturates at the
-    bottom of the range instead of widening it."""
-    name = op.results[0].name
-    spec = unsigned(need_spec(op.results[0]))
-    x = lz.convert(lz.get(op.operands[0]), spec, name + ".x.cvt")
-    mask = op.operands[1]
+def mask_condition(lz: Legalizer, mask: Value, name: str) -> Value:
+    """The bool condition `mask != 0` Where takes: a constant mask is a bool initializer; a runtime
+    integer mask (the attention mask an application passes, maybe reshaped) is Cast to bool, which
+    HTP runs as its own Cast (measured: Cast, Equal, Equal + Not and Greater all run on HTP; a
+    Cast is one op and is exactly `!= 0`). Built once per mask, however many ops use it."""
+    if id(mask) in lz.conditions:
+        return lz.conditions[id(mask)]
     if mask.is_constant:
         cond = lz.constant(mask.name, lz.src_data(mask) != 0, None)
     elif mask.type.dtype == "bool":
         cond = lz.get(mask)
+    elif mask.type.dtype in INTEGER_DTYPES:
+        cond = lz.op("q.cast", [lz.get(mask)], None, mask.name + ".bool", dtype="bool")
     else:
-        raise QirError(f"qnn: q.masked_fill %{name} needs a constant or boolean mask, got %{mask.name}: {mask.type}")
+        raise QirError(f"qnn: q.masked_fill %{name} needs a constant, boolean or integer mask, "
+                       f"got %{mask.name}: {mask.type}")
+    lz.conditions[id(mask)] = cond
+    return cond
+
+
+def lower_masked_fill(lz: Legalizer, op: Op) -> Value:
+    """Where(mask, x, fill) with x, the fill and the result in one spec: the fill saturates at the
+    bottom of the range instead of widening it. A constant x (the mean pool's logits, a row of
+    zeros) is stored in that spec."""
+    name = op.results[0].name
+    spec = unsigned(need_spec(op.results[0]))
+    source = op.operands[0]
+    if source.is_constant:
+        x = lz.constant(source.name, lz.src_data(source).astype(np.float32), spec)
+    else:
+        x = lz.convert(lz.get(source), spec, name + ".x.cvt")
+    cond = mask_condition(lz, op.operands[1], name)
     return lz.op("q.masked_fill", [x, cond], spec, name, value=op.attrs["value"])
+
+
+def lower_cast(lz: Legalizer, op: Op) -> Value:
+    """Between float widths (a float16 checkpoint's embedding to f32) a cast changes no real value:
+    at most a requantization to the result's spec. An integer to bool (`!= 0`) is a Cast HTP runs."""
+    source, result = op.operands[0], op.results[0]
+    if source.type.is_float and result.type.is_float:
+        return lz.finish(lz.get(source), result)
+    if source.type.dtype in INTEGER_DTYPES and result.type.dtype == "bool" and not source.is_constant:
+        return lz.op("q.cast", [lz.get(source)], None, result.name, dtype="bool")
+    raise QirError(f"qnn: q.cast %{result.name} from {source.type.dtype} to {result.type.dtype} has no HTP "
+                   f"lowering (only between float widths, and integer to bool)")
 
 
 def gamma_u8(data: np.ndarray) -> QuantSpec:
@@ -342,9 +383,12 @@ def lower_layer_norm(lz: Legalizer, op: Op) -> Value:
 
 
 def lower_move(lz: Legalizer, op: Op) -> Value:
-    """reshape, transpose, slice: the integers move unchanged, so the result keeps the input's spec."""
+    """reshape, transpose, slice: the integers move unchanged, so the result keeps the input's spec.
+    An integer tensor (the attention mask) has no spec and moves as it is."""
     x = lz.get(op.operands[0])
     y = lz.op(op.name, [x], x.quant, op.results[0].name, **dict(op.attrs))
+    if x.quant is None and not x.type.is_float:
+        return y
     return lz.finish(y, op.results[0])
 
 
@@ -409,7 +453,7 @@ RULES = {
     "q.sigmoid": lower_sigmoid, "q.silu": lower_silu, "q.softmax": lower_softmax,
     "q.masked_fill": lower_masked_fill,
     "q.reshape": lower_move, "q.transpose": lower_move, "q.slice": lower_move,
-    "q.concat": lower_concat, "q.gather": lower_gather, "q.rope": lower_rope,
+    "q.concat": lower_concat, "q.gather": lower_gather, "q.rope": lower_rope, "q.cast": lower_cast,
     "q.rms_norm": lower_rms_norm, "q.layer_norm": lower_layer_norm,
 }
 
