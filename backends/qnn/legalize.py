@@ -169,8 +169,24 @@ class Legalizer:
                 if op.location and not message.startswith(where(op)):
                     message = where(op) + message
                 raise QirError(message) from None
-        self.b.ret(*(self.get(v) for v in func.outputs))
+        outputs = [self.get(v) for v in func.outputs]
+        self.keep_output_names(func.outputs, outputs)
+        self.b.ret(*outputs)
         return self.dst
+
+    def keep_output_names(self, sources: list[Value], outputs: list[Value]) -> None:
+        """An output brought to its spec by a final conversion (`blk5.out.cvt`) takes the name of
+        the value it stands for, so the graph output is `<value>.out` as for every other target
+        (`qir-eval --compiled` finds it); the op before the conversion becomes `<value>.pre`."""
+        values = {v.name: v for op in self.b.func.ops for v in op.results}
+        for source, value in zip(sources, outputs):
+            if value.name == source.name or value.producer is None or value.producer.name != "qnn.convert":
+                continue
+            holder = values.get(source.name)
+            if holder is not None and holder not in outputs:
+                holder.name = self.b.func.unique_name(source.name + ".pre")
+                value.name = source.name
+                values[holder.name], values[value.name] = holder, value
 
 
 # -- rules: one per q op ---------------------------------------------------------------------------
