@@ -5,12 +5,12 @@ from qir import Module, Pass, PassContext, PassResult, erase_dead_ops
 
 
 def quant_constant_names(module: Module) -> set[str]:
-    """Constants named by quant specs (scales, zero points) anywhere in the module."""
+    """Constants named by quant specs (scales, zero points, LPBQ block scales) anywhere in the module."""
     specs = [c.quant for c in module.constants.values()]
     for func in module.functions.values():
         specs += [a.quant for a in func.args]
         specs += [r.quant for op in func.ops for r in op.results]
-    return {p for s in specs if s is not None for p in (s.scale, s.zero_point) if isinstance(p, str)}
+    return {p for s in specs if s is not None for p in s.constants}
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from qir import Module, Pass, PassContext, PassResult, QirError, QuantSpec
-from qir.quant_params import affine_params, block_scales, clip_factors, symmetric_scales
-from qir.quant_recipe import WEIGHT_OBSERVERS, load_recipe
+from qir.quant_params import affine_params, block_scales, clip_factors, lpbq_scales, symmetric_scales
+from qir.quant_recipe import WEIGHT_OBSERVERS, check_lpbq, load_recipe
 from qir.stats import OBSERVERS, ValueStats, observed_range
 
 from passes.calibrate import STATS_KEY
@@ -82,6 +82,9 @@ class Quantize(Pass):
             scale, _, _, _ = affine_params(-amax, amax, bits, symmetric=True)
             set_constant_quant(module, name, QuantSpec(bits, True, scale=(scale,), zero_point=(0,)))
             return
+        if settings.get("scheme") == "lpbq":
+            self._quantize_lpbq(module, name, data, settings)
+            return
         if block:
             if data.shape[-1] % block:
                 raise QirError(f"@{name}: input dimension {data.shape[-1]} is not a multiple of block {block}")
@@ -92,6 +95,23 @@ class Quantize(Pass):
             spec_args = {"axis": 0}
         set_constant_quant(module, name, QuantSpec(bits, True, scale=add_param(module, name + ".scale", scales),
                                                    zero_point=(0,), **spec_args))
+
+    def _quantize_lpbq(self, module, name, data, settings):
+        """int4 weights in blocks along the input axis with LPBQ's two-level scales: a float per
+        output channel (@<w>.scale) times a u8 integer 1..16 per block (@<w>.block_scale)."""
+        check_lpbq(f"@{name}", settings)
+        bits, block = settings["bits"], settings["block"]
+        if data.ndim < 2:
+            raise QirError(f"@{name}: LPBQ needs a weight with an output and an input axis, has shape {data.shape}")
+        if data.shape[-1] % block:
+            raise QirError(f"@{name}: input dimension {data.shape[-1]} is not a multiple of block {block}")
+        channel, k = lpbq_scales(data, block, bits, settings.get("observer", "minmax"))
+        scale = add_param(module, name + ".scale", channel)
+        if name + ".block_scale" in module.constants:
+            raise QirError(f"cannot add quantization parameter @{name}.block_scale: a constant of that name exists")
+        module.add_constant(name + ".block_scale", np.ascontiguousarray(k))
+        set_constant_quant(module, name, QuantSpec(bits, True, scale=scale, zero_point=(0,), axis=data.ndim - 1,
+                                                   block_size=block, block_scale=name + ".block_scale"))
 
     def _quantize_constant(self, module, recipe, name):
         settings = recipe.settings_for("constants", name)

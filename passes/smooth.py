@@ -29,7 +29,7 @@ import numpy as np
 from qir import Function, Interpreter, Module, Op, Pass, PassContext, PassResult, QirError, Value
 from qir.calibration_data import INPUTS_KEY
 from qir.evaluate import progress_bar
-from qir.quant_params import affine_params
+from qir.quant_params import affine_params, lpbq_scales
 from qir.quant_recipe import load_recipe
 
 RESULT_KEY = "smooth"  # ctx.data entry: {pair name: {"alpha": float | None, "error": ..., "error_unsmoothed": ...}}
@@ -182,6 +182,11 @@ def fake_quant_weight(w: np.ndarray, settings: dict | None) -> np.ndarray:
         return w
     qmax = (1 << (settings["bits"] - 1)) - 1
     block = settings.get("block")
+    if settings.get("scheme") == "lpbq":  # the block's scale is its channel's float times an integer 1..16
+        channel, k = lpbq_scales(w, block, settings["bits"])
+        groups = w.reshape(-1, block)
+        scale = (k.astype(np.float32) * channel.reshape((-1,) + (1,) * (k.ndim - 1))).reshape(-1, 1)
+        return (np.clip(np.round(groups / scale), -qmax - 1, qmax) * scale).reshape(w.shape).astype(np.float32)
     if settings.get("scheme") == "per-tensor":
         groups = w.reshape(1, -1)
     elif block:

@@ -27,9 +27,22 @@ def broadcast_params(params, spec: QuantSpec, shape: tuple[int, ...]):
     return params.reshape(blocked)
 
 
-def fake_quant(x, spec: QuantSpec, scale, zero_point):
-    """Quantize-dequantize x with `spec`; `scale` and `zero_point` are the resolved parameters."""
+def lpbq_scales(spec: QuantSpec, scale, block_scale, shape: tuple[int, ...]):
+    """The per-block scales of an LPBQ spec: block_scale[c, b] · scale[c] in float32 (the product
+    a DequantizeLinear of the integer block scales by the per-channel scales computes)."""
+    blocked = list(shape)
+    blocked[spec.axis] //= spec.block_size
+    k = jnp.asarray(block_scale).astype(jnp.float32).reshape(blocked)
+    s = jnp.asarray(scale, jnp.float32).reshape((shape[0],) + (1,) * (len(shape) - 1))
+    return (k * s).reshape(-1)
+
+
+def fake_quant(x, spec: QuantSpec, scale, zero_point, block_scale=None):
+    """Quantize-dequantize x with `spec`; `scale` and `zero_point` are the resolved parameters
+    (`block_scale` too for an LPBQ spec)."""
     shape = x.shape
+    if spec.block_scale is not None:
+        scale = lpbq_scales(spec, scale, block_scale, shape)
     if spec.block_size is not None:
         a = spec.axis
         x = x.reshape(shape[:a] + (shape[a] // spec.block_size, spec.block_size) + shape[a + 1:])

@@ -35,7 +35,7 @@ class Interpreter:
             return []
         specs = [self.module.constants[n].quant for n in func.used_constants()]
         specs += [a.quant for a in func.args] + [r.quant for op in func.ops for r in op.results]
-        return sorted({p for s in specs if s is not None for p in (s.scale, s.zero_point) if isinstance(p, str)})
+        return sorted({p for s in specs if s is not None for p in s.constants})
 
     def weights_for(self, func: Function) -> dict[str, jax.Array]:
         names = func.used_constants() + self._param_names(func)
@@ -53,7 +53,8 @@ class Interpreter:
                 if not fake or spec is None or not jnp.issubdtype(array.dtype, jnp.floating):
                     return array
                 param = lambda p: weights[p] if isinstance(p, str) else jnp.asarray(p)  # noqa: E731
-                return fake_quant(array, spec, param(spec.scale), param(spec.zero_point))
+                return fake_quant(array, spec, param(spec.scale), param(spec.zero_point),
+                                  None if spec.block_scale is None else param(spec.block_scale))
 
             env = {id(a): quantized(x, specs.get("%" + a.name, a.quant)) for a, x in zip(func.args, inputs)}
             for name, ref in func._constants.items():

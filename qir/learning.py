@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qir.errors import QirError
 from qir.fake_quant import round_ste
 from qir.ir import Module
 from qir.quant import QuantSpec
@@ -258,6 +259,10 @@ def start_factors(module: Module, names: list[str]) -> dict[str, np.ndarray]:
     factors = {}
     for name in names:
         spec = module.constants[name].quant
+        if spec.block_scale is not None:
+            raise QirError(f"@{name} has LPBQ scales (a float per channel times an integer per block): learning "
+                           "passes do not transform or clip LPBQ weights yet; quantize it per block (\"block\" "
+                           "without \"scheme\": \"lpbq\") or per channel to learn")
         current = np.asarray(module.weights.get(spec.scale) if isinstance(spec.scale, str) else spec.scale, np.float32)
         minmax = np.asarray(symmetric_scale(jnp.asarray(module.weights.get(name)), spec), np.float32)
         ratio = current.reshape(minmax.shape) / minmax

@@ -267,12 +267,14 @@ class Parser:
             raise self.error(f"quant storage must be like i8/u8/i16/i4, got '{storage.text}'", storage)
         fields = {}
         while self.tok.text != ">":
-            key = self.expect(kind="ident", what="axis=, block=, s= or z=")
-            if key.text not in ("axis", "block", "s", "z") or key.text in fields:
-                raise self.error(f"unexpected quant field '{key.text}' (valid once each: axis, block, s, z)", key)
+            key = self.expect(kind="ident", what="axis=, block=, s=, k= or z=")
+            if key.text not in ("axis", "block", "s", "k", "z") or key.text in fields:
+                raise self.error(f"unexpected quant field '{key.text}' (valid once each: axis, block, s, k, z)", key)
             self.expect("=")
             if self.tok.kind == "symbol":
                 fields[key.text] = self.expect(kind="symbol").text[1:]
+            elif key.text == "k":
+                raise self.error("quant field k= names the constant of LPBQ block scales (k=@name)", key)
             else:
                 fields[key.text] = self.parse_literal()
         self.expect(">")
@@ -281,7 +283,7 @@ class Parser:
         try:
             return QuantSpec(bits=int(m.group(2)), signed=m.group(1) == "i", scale=fields["s"],
                              zero_point=fields.get("z", (0,)), axis=fields.get("axis"),
-                             block_size=fields.get("block"))
+                             block_size=fields.get("block"), block_scale=fields.get("k"))
         except (QirError, ValueError, TypeError) as exc:
             raise self.error(f"invalid quant spec: {exc}", storage) from None
 

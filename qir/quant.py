@@ -15,7 +15,13 @@ class QuantSpec:
     Scheme: per-tensor (axis None), per-channel (axis set), per-block (axis and block_size set:
     `block_size` consecutive elements along `axis` share one scale). `scale` and `zero_point` are
     inline tuples, or the name of a module constant when they are large.
-    Printed as `!q<i8 s=0.0213 z=0>` or `!q<i4 axis=0 block=32 s=@w.scale z=0>`.
+
+    LPBQ (low-power block quantization, `block_scale` set on a per-block spec): the scale has two
+    levels. `scale` holds one float per output channel (axis 0) and `block_scale` names a constant
+    of positive integers, one per block (the tensor's shape with `axis` divided by `block_size`);
+    block b of channel c has the scale scale[c] · block_scale[c, b], computed in float32.
+    Printed as `!q<i8 s=0.0213 z=0>`, `!q<i4 axis=1 block=32 s=@w.scale z=0>` or
+    `!q<i4 axis=1 block=64 s=@w.scale k=@w.block_scale z=0>` (LPBQ).
     """
 
     bits: int
@@ -24,6 +30,7 @@ class QuantSpec:
     zero_point: Params | str = (0,)
     axis: int | None = None
     block_size: int | None = None
+    block_scale: str | None = None  # LPBQ: the constant of per-block integer multipliers
 
     def __post_init__(self):
         for field in ("scale", "zero_point"):
@@ -39,6 +46,12 @@ class QuantSpec:
             raise QirError(f"quantization to {self.bits} bits is not supported (2..32)")
         if self.block_size is not None and self.axis is None:
             raise QirError("a per-block quant spec needs an axis")
+        if self.block_scale is not None:
+            if not isinstance(self.block_scale, str):
+                raise QirError(f"LPBQ block scales must name a constant, got {self.block_scale!r}")
+            if self.block_size is None or self.axis == 0:
+                raise QirError("an LPBQ quant spec (k=@...) is per-block along an axis other than the "
+                               "output channel (axis 0): it needs axis >= 1 and block=")
 
     @property
     def storage(self) -> str:
@@ -47,9 +60,16 @@ class QuantSpec:
 
     @property
     def scheme(self) -> str:
+        if self.block_scale is not None:
+            return "lpbq"
         if self.block_size is not None:
             return "per-block"
         return "per-tensor" if self.axis is None else "per-channel"
+
+    @property
+    def constants(self) -> tuple[str, ...]:
+        """Names of the module constants this spec reads its parameters from."""
+        return tuple(p for p in (self.scale, self.zero_point, self.block_scale) if isinstance(p, str))
 
     @property
     def qmin(self) -> int:
@@ -66,6 +86,8 @@ class QuantSpec:
         if self.block_size is not None:
             parts.append(f"block={self.block_size}")
         parts.append(f"s={_params(self.scale)}")
+        if self.block_scale is not None:
+            parts.append(f"k=@{self.block_scale}")
         parts.append(f"z={_params(self.zero_point)}")
         return f"!q<{' '.join(parts)}>"
 

@@ -61,3 +61,28 @@ def block_scales(weights: np.ndarray, axis: int, block: int, bits: int, observer
     qmax = (1 << (bits - 1)) - 1
     scales = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     return np.moveaxis(scales, -1, axis)
+
+
+LPBQ_LEVELS = 16  # the integer block scales run 1..16 (4 bits, as HTP reads them; measured: 17 and up are misread)
+
+
+def lpbq_scales(weights: np.ndarray, block: int, bits: int, observer: str = "minmax") -> tuple[np.ndarray, np.ndarray]:
+    """LPBQ's two levels for a weight [out, ..., in] blocked along its last axis: a float scale per
+    output channel and an integer k in 1..16 per block, the block's scale being s_c · k.
+
+    From each block's symmetric scale s_b (max|w| / qmax, clipped by the mse observer):
+    s_c = max_b s_b / 16, and k = ceil(s_b / s_c), so every block's scale is at least s_b and no
+    block clips more than its own per-block scale would; the block with the largest scale gets
+    k = 16 exactly. An all-zero block gets k = 1; an all-zero channel the scale 1 / 16."""
+    w = weights.astype(np.float32)
+    w = w.reshape(w.shape[:-1] + (w.shape[-1] // block, block))
+    amax = np.abs(w).max(axis=-1)
+    if observer == "mse":
+        amax = amax * clip_factors(w.reshape(-1, block), bits).reshape(amax.shape)
+    qmax = (1 << (bits - 1)) - 1
+    per_block = (amax / qmax).astype(np.float32)
+    top = per_block.reshape(per_block.shape[0], -1).max(axis=1)
+    channel = np.where(top > 0, top / LPBQ_LEVELS, 1.0 / LPBQ_LEVELS).astype(np.float32)
+    ratio = per_block / channel.reshape((-1,) + (1,) * (per_block.ndim - 1))
+    k = np.clip(np.ceil(ratio * (1 - 1e-6)), 1, LPBQ_LEVELS).astype(np.uint8)  # 16.000001 from rounding is 16
+    return channel, k

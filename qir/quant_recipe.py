@@ -4,7 +4,8 @@ by regex over value/constant names or by the op that produces or consumes a valu
 A recipe is JSON (see docs/quantization.md):
 {
   "weights":     {"bits": 8},                       # per-channel symmetric; "block": 32 for per-block,
-                                                    # "scheme": "per-tensor" for one scale
+                                                    # "scheme": "per-tensor" for one scale,
+                                                    # "scheme": "lpbq" + "block": 64 for LPBQ (4 bit)
   "activations": {"bits": 8, "observer": "minmax"}, # per-tensor; 16-bit is symmetric (zero point 0)
   "constants":   {"bits": 16},                      # other float constants (norm weights, rope tables)
   "overrides": [
@@ -27,7 +28,7 @@ from qir.stats import OBSERVERS
 SUPPORTED_BITS = {"weights": (4, 8), "activations": (8, 16), "constants": (8, 16)}
 SECTION_KEYS = {"weights": {"bits", "block", "scheme", "observer"},
                 "activations": {"bits", "observer", "percentile"}, "constants": {"bits"}}
-WEIGHT_SCHEMES = ("per-channel", "per-tensor")  # per-block is "block": B
+WEIGHT_SCHEMES = ("per-channel", "per-tensor", "lpbq")  # per-block is "block": B; lpbq needs "block" too
 WEIGHT_OBSERVERS = ("minmax", "mse")  # weights need no histogram: mse searches a clip per channel/block
 OVERRIDE_KEYS = {"match", "producer", "consumer", "feeds", "weights", "activations", "constants", "skip"}
 
@@ -47,11 +48,18 @@ WIDE_TENSORS = [
     {"producer": "q.softmax", "activations": {"bits": 16}},
 ]
 
+LPBQ_BLOCK = 64  # the block size of the built-in LPBQ recipes (AIMET's default for LPBQ)
+
 BUILTIN = {
     "w8a8": {"weights": {"bits": 8}, "activations": {"bits": 8}, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
     "a16w8": {"weights": {"bits": 8}, "activations": {"bits": 16}, "constants": {"bits": 16}},
     "w4a8": {"weights": {"bits": 4}, "activations": {"bits": 8}, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
     "w4a16": {"weights": {"bits": 4}, "activations": {"bits": 16}, "constants": {"bits": 16}},
+    # 4-bit weights in blocks of 64 with LPBQ's two-level scales (what Qualcomm's HTP runs in 4 bit)
+    "w4a8-lpbq": {"weights": {"bits": 4, "scheme": "lpbq", "block": LPBQ_BLOCK}, "activations": {"bits": 8},
+                  "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
+    "w4a16-lpbq": {"weights": {"bits": 4, "scheme": "lpbq", "block": LPBQ_BLOCK}, "activations": {"bits": 16},
+                   "constants": {"bits": 16}},
 }
 
 
@@ -122,7 +130,18 @@ def _check_section(where: str, section: str, values) -> dict:
         raise QirError(f"{where}: weight scheme must be one of {', '.join(WEIGHT_SCHEMES)}, got {values['scheme']!r}")
     if values.get("scheme") == "per-tensor" and "block" in values:
         raise QirError(f"{where}: weights are either per-tensor or per-block (\"block\"), not both")
+    if values.get("scheme") == "lpbq" and values.get("bits", 4) != 4:
+        raise QirError(f"{where}: \"scheme\": \"lpbq\" weights are 4-bit, not {values['bits']}-bit")
     return dict(values)
+
+
+def check_lpbq(where: str, weights: dict) -> None:
+    """LPBQ weights are 4-bit blocks (checked on a recipe's weights and on each weight's settings)."""
+    if weights.get("bits") != 4:
+        raise QirError(f"{where}: \"scheme\": \"lpbq\" weights are 4-bit, not {weights.get('bits')}-bit")
+    if "block" not in weights:
+        raise QirError(f"{where}: \"scheme\": \"lpbq\" weights are 4-bit blocks: give the block size "
+                       "(\"block\": 64)")
 
 
 def _regex(where: str, text: str | None) -> re.Pattern | None:
@@ -143,6 +162,8 @@ def recipe_from_dict(name: str, data: dict) -> QuantRecipe:
     sections = {}
     for section, default in defaults.items():
         sections[section] = {**default, **_check_section(f"recipe {name}", section, data.get(section, {}))}
+    if sections["weights"].get("scheme") == "lpbq":
+        check_lpbq(f"recipe {name}", sections["weights"])
     overrides = []
     if not isinstance(data.get("overrides", []), list):
         raise QirError(f"recipe {name}: 'overrides' must be a list of objects")

@@ -12,7 +12,13 @@ BITS: dict[str, str] = {
     "a16w8": "int8 weights per channel, int16 activations",
     "w4a8": "int4 weights per channel, int8 activations (wide tensors in int16)",
     "w4a16": "int4 weights per channel, int16 activations",
+    "w4a8-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int8 "
+                 "activations (wide tensors in int16)",
+    "w4a16-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int16 "
+                  "activations",
 }
+# methods whose learning passes do not transform LPBQ weights yet: no METHOD-w4a*-lpbq recipe
+LEARNING_METHODS = ("mobilequant", "quantnpu")
 METHODS: dict[str, tuple[str, str]] = {
     # name: (pipeline with @bits, what it does)
     "rtn": ("canonicalize,dce,calibrate{histogram=false},quantize{recipe=@bits}",
@@ -37,7 +43,8 @@ RECIPES: dict[str, tuple[str, str]] = {
     "float": ("canonicalize,dce", "lower and clean up the float model; no quantization"),
     **{bits: (METHODS["rtn"][0].replace("@bits", bits), why) for bits, why in BITS.items()},
     **{f"{method}-{bits}": (pipeline.replace("@bits", bits), f"{why}; {BITS[bits]}")
-       for method, (pipeline, why) in METHODS.items() for bits in BITS},
+       for method, (pipeline, why) in METHODS.items() for bits in BITS
+       if not (method in LEARNING_METHODS and bits.endswith("-lpbq"))},
 }
 DEFAULT_RECIPE = "float"
 
@@ -49,6 +56,10 @@ def recipe_pipeline(name: str) -> str:
         load_recipe(name)  # a malformed recipe fails now, not after loading and calibrating a model
         return f"canonicalize,dce,calibrate,quantize{{recipe={name}}}"
     if name not in RECIPES:
+        method, _, bits = name.partition("-")
+        if method in LEARNING_METHODS and bits in BITS:
+            raise QirError(f"recipe '{name}': {method} learns weight transforms and clipping, which LPBQ weights "
+                           f"do not support yet; use rtn-{bits}, smoothquant-{bits} or quarot-{bits}")
         raise QirError(f"unknown recipe '{name}'; available: float, BITS or METHOD-BITS with BITS one of "
                        f"{', '.join(BITS)} and METHOD one of "
                        + ", ".join(f"{m} ({why})" for m, (_, why) in METHODS.items()))

@@ -23,6 +23,16 @@ def check_quant(spec: QuantSpec, type: TensorType, module: Module, what: str) ->
         groups = type.shape[spec.axis]
     else:
         groups = type.size // spec.block_size
+    if spec.block_scale is not None:  # LPBQ: integer multipliers per block, float scales per channel
+        decl = module.constants.get(spec.block_scale)
+        if decl is None:
+            raise QirError(f"{what}: LPBQ block scales refer to undeclared constant @{spec.block_scale}")
+        if decl.type.is_float or decl.type.dtype == "bool":
+            raise QirError(f"{what}: LPBQ block scales @{spec.block_scale} must be integers, are {decl.type}")
+        if decl.type.size != groups:
+            raise QirError(f"{what}: LPBQ quant needs {groups} block scale(s) in @{spec.block_scale}, "
+                           f"has {decl.type.size}")
+        groups = type.shape[0]
     for field in ("scale", "zero_point"):
         params = getattr(spec, field)
         if isinstance(params, str):
