@@ -3,12 +3,15 @@
 Every value with a quant spec is a QuantizeLinear -> DequantizeLinear pair after the node that
 computes it; every quantized constant is an integer initializer read through DequantizeLinear.
 The float graph is then exactly the fake-quant semantics of the module, and the QNN EP folds
-each DequantizeLinear -> op -> QuantizeLinear into one fixed-point HTP op.
+each DequantizeLinear -> op -> QuantizeLinear into one fixed-point HTP op. An LPBQ weight is int4
+read through a block-wise DequantizeLinear whose scales are themselves a DequantizeLinear of the
+u8 block scales by the per-channel float scales (the pattern the QNN EP fuses into HTP's MatMul).
 
 Tensor names: `<value>` is the float the op computes, `<value>.q` its integers, `<value>.dq`
 their dequantized floats (`<value>.out` for a returned value: the graph output)."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -99,6 +102,8 @@ class Emitter:
         spec = value.quant
         if spec is None:
             return self.init(value.name, data)
+        if spec.block_scale is not None:
+            return self.lpbq_constant(value, transpose)
         base = value.name + (".t" if transpose else "")
         if base in self.dequantized:
             return self.dequantized[base]
@@ -121,6 +126,37 @@ class Emitter:
         attrs = {"axis": axis} if axis is not None else {}
         out = self.dequantized[base] = self.fresh(base + ".dq")
         self.node("DequantizeLinear", [self.init(base + ".int", q), scale, zero], [out], base + ".dequantize", **attrs)
+        return out
+
+    def lpbq_constant(self, value: Value, transpose: bool) -> str:
+        """An LPBQ weight [out, in] (blocks along axis 1): int4 through DequantizeLinear(block_size),
+        its x_scale DequantizeLinear(u8 block scales, per-channel float scales) — per block
+        k[c, b] · s[c] in float32, the product qir's fake-quant computes; `transpose` stores it
+        [in, out] for MatMul."""
+        spec, base = value.quant, value.name + (".t" if transpose else "")
+        if base in self.dequantized:
+            return self.dequantized[base]
+        data = np.asarray(self.module.weights.get(value.name), np.float32)
+        if data.ndim != 2 or spec.axis != 1:
+            raise QirError(f"qnn: LPBQ weight @{value.name} must be 2-D with blocks along axis 1, has {spec}")
+        channel = np.asarray(self.module.weights.get(spec.scale) if isinstance(spec.scale, str) else spec.scale,
+                             np.float32).reshape(-1)
+        k = np.asarray(self.module.weights.get(spec.block_scale)).reshape(data.shape[0], -1)
+        scales = (k.astype(np.float32) * channel[:, None]).astype(np.float32)
+        blocked = data.reshape(data.shape[0], -1, spec.block_size)
+        q = np.clip(np.round(blocked / scales[:, :, None]), spec.qmin, spec.qmax).reshape(data.shape)
+        q, k = q.astype(ml_dtypes.int4), k.astype(np.uint8)
+        weight_axis, channel_axis = 1, 0
+        if transpose:
+            q, k, weight_axis, channel_axis = q.T, k.T, 0, 1
+        block_scale = self.fresh(base + ".block_scale.dq")
+        self.node("DequantizeLinear", [self.init(base + ".block_scale", k), self.init(base + ".scale", channel),
+                                       self.init(base + ".scale.zero", np.zeros(channel.shape, np.uint8))],
+                  [block_scale], base + ".block_scale.dequantize", axis=channel_axis)
+        out = self.dequantized[base] = self.fresh(base + ".dq")
+        self.node("DequantizeLinear", [self.init(base + ".int", q), block_scale,
+                                       self.init(base + ".zero", np.zeros(k.shape, ml_dtypes.int4))],
+                  [out], base + ".dequantize", axis=weight_axis, block_size=int(spec.block_size))
         return out
 
     def read(self, value: Value) -> str:

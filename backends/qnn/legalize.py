@@ -11,7 +11,9 @@ What changes, and why (each measured in onnxruntime-qnn's HTP simulator, see doc
   HTP runs natively (u16 x s16);
 - silu is sigmoid then mul; sigmoid's output has the fixed spec [0, 1];
 - a linear with a bias is a Gemm, so it runs on 2-D inputs (reshapes around it);
-- weights stay int8 per output channel; 4-bit weights per channel keep their grid in int8;
+- weights stay int8 per output channel; 4-bit weights only in the LPBQ pattern (int4 blocks whose
+  scales are a float per output channel times an integer 1..16 per block), which the QNN EP fuses
+  into one HTP MatMul; a linear with a bias and LPBQ weights is that MatMul, then an Add;
 - rms_norm is RMSNormalization (HTP RmsNorm) with an s16 gamma when it runs in 16 bit, a u8 one
   in 8 bit; layer_norm is LayerNormalization with a u8 gamma and an int32 beta, the only form HTP
   runs in fixed point. A norm runs in its input's width: HTP runs u16 -> u8 in float.
@@ -79,6 +81,14 @@ def signed16(spec: QuantSpec) -> QuantSpec:
     if spec.bits == 16 and not spec.signed and spec.zero_point[0] == 32768:
         return QuantSpec(16, True, scale=spec.scale, zero_point=(0,))
     return QuantSpec(16, True, scale=(max(abs(lo), abs(hi)) / 32767,), zero_point=(0,))
+
+
+def covering(lo: float, hi: float, bits: int) -> QuantSpec:
+    """An unsigned spec of `bits` bits over [min(lo, 0), max(hi, 0)]."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    top = (1 << bits) - 1
+    scale = (hi - lo) / top or 1.0
+    return QuantSpec(bits, False, scale=(scale,), zero_point=(int(np.clip(round(-lo / scale), 0, top)),))
 
 
 def symmetric(data: np.ndarray, bits: int) -> QuantSpec:
@@ -197,12 +207,19 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
     if not w.is_constant:
         raise QirError(f"qnn: q.linear %{name} needs a constant weight")
     wspec = w.quant
+    if wspec is not None and wspec.block_scale is not None:
+        return lower_lpbq_linear(lz, op)
     if wspec is not None and wspec.block_size is not None:
         raise QirError(f"qnn: weight @{w.name} of %{name} is quantized in blocks of {wspec.block_size}; HTP runs "
-                       "4-bit blocks correctly only in the LPBQ pattern, which is not lowered yet "
-                       "(plain blockwise DequantizeLinear is accepted and silently wrong)")
-    if wspec is None or wspec.axis != 0 or wspec.bits not in (4, 8):
-        raise QirError(f"qnn: weight @{w.name} of %{name} needs an int8 (or int4) spec per output channel "
+                       "4-bit blocks correctly only in the LPBQ pattern (a plain block-wise DequantizeLinear is "
+                       "accepted and silently wrong): quantize it with \"scheme\": \"lpbq\" and \"block\" "
+                       "(e.g. --recipe w4a16-lpbq)")
+    if wspec is not None and wspec.bits == 4:
+        raise QirError(f"qnn: weight @{w.name} of %{name} is 4-bit {wspec.scheme} ({wspec}); HTP runs 4-bit "
+                       "weights only in the LPBQ pattern: quantize it with \"scheme\": \"lpbq\" and \"block\" "
+                       "(e.g. --recipe w4a16-lpbq), or with 8-bit weights")
+    if wspec is None or wspec.axis != 0 or wspec.bits != 8:
+        raise QirError(f"qnn: weight @{w.name} of %{name} needs an int8 spec per output channel "
                        f"(axis 0), has {wspec}")
     bits = lz.width(op)
     xv = lz.operand(x, bits, name + ".x")
@@ -225,6 +242,47 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
     y = lz.op("q.linear", [xv, weight, bias], out_spec, name)
     if len(shape) != 2:
         y = lz.op("q.reshape", [y], out_spec, name + ".nd", shape=op.results[0].type.shape)
+    return lz.finish(y, op.results[0])
+
+
+LPBQ_LEVELS = 16  # HTP reads LPBQ block scales as integers 1..16 (measured: 17 and above are misread)
+
+
+def lower_lpbq_linear(lz: Legalizer, op: Op) -> Value:
+    """A linear whose int4 weight has LPBQ scales: MatMul reading the weight through
+    DequantizeLinear(int4, DequantizeLinear(u8 k, per-channel float scale)), the pattern the QNN EP
+    fuses into one HTP MatMul with block-expansion weights. A bias is added afterwards (the EP's
+    LPBQ Gemm fusion needs a float weight and drops the bias): the MatMul's result gets a spec in the
+    op's width that covers the result's range widened by max|bias|."""
+    x, w = op.operands[0], op.operands[1]
+    name, spec = op.results[0].name, w.quant
+    if spec.bits != 4 or not spec.signed or w.type.rank != 2 or spec.axis != 1 \
+            or isinstance(spec.zero_point, str) or any(spec.zero_point):
+        raise QirError(f"qnn: LPBQ weight @{w.name} of %{name} needs int4, zero point 0, blocks along the input "
+                       f"axis 1 of a 2-D weight; has {spec} on {w.type}")
+    k = np.asarray(lz.src.weights.get(spec.block_scale))
+    if k.min() < 1 or k.max() > LPBQ_LEVELS:
+        raise QirError(f"qnn: LPBQ weight @{w.name} of %{name} has block scales in [{k.min()}, {k.max()}]; HTP reads "
+                       f"them as integers 1..{LPBQ_LEVELS}")
+    channel = lz.src.weights.get(spec.scale) if isinstance(spec.scale, str) else np.asarray(spec.scale)
+    channel = np.broadcast_to(np.asarray(channel, np.float32).reshape(-1), (w.type.shape[0],)).copy()
+    bits = lz.width(op)
+    xv = lz.operand(x, bits, name + ".x")
+    scale_ref = lz.constant(w.name + ".scale", channel, None)
+    k_ref = lz.constant(w.name + ".block_scale", k.reshape(w.type.shape[0], -1).astype(np.uint8), None)
+    weight = lz.constant(w.name, lz.src_data(w).astype(np.float32),
+                         QuantSpec(4, True, scale=scale_ref.name, zero_point=(0,), axis=1,
+                                   block_size=spec.block_size, block_scale=k_ref.name))
+    out_spec = in_width(need_spec(op.results[0]), bits)
+    if len(op.operands) == 2:
+        return lz.finish(lz.op("q.linear", [xv, weight], out_spec, name), op.results[0])
+    bias = op.operands[2]
+    if not bias.is_constant:
+        raise QirError(f"qnn: q.linear %{name} needs a constant bias")
+    reach = float(np.abs(lz.src_data(bias)).max())
+    lo, hi = real_range(out_spec)
+    y = lz.op("q.linear", [xv, weight], covering(lo - reach, hi + reach, bits), name + ".matmul")
+    y = lz.op("q.add", [y, lz.operand(bias, bits, name + ".bias")], out_spec, name)
     return lz.finish(y, op.results[0])
 
 

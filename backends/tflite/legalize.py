@@ -156,6 +156,9 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
     if not w.is_constant:
         raise QirError(f"tflite: q.linear %{op.results[0].name} needs a constant weight")
     wspec = lz.src.constants[w.name].quant
+    if wspec is not None and wspec.block_scale is not None:
+        raise QirError(f"tflite: weight @{w.name} has LPBQ scales {wspec}, which TFLite cannot express "
+                       "(FULLY_CONNECTED has one scale per output channel); quantize it per channel")
     if wspec is None or wspec.block_size is not None:
         raise QirError(f"tflite: weight @{w.name} needs a per-channel spec (TFLite FULLY_CONNECTED has no "
                        f"per-block weights), has {wspec}")

@@ -59,6 +59,10 @@ def weight_zero_point(spec: QuantSpec, module: Module) -> str | None:
 
 
 def weight_per_channel(spec: QuantSpec, module: Module) -> str | None:
+    if spec.scheme == "lpbq":
+        return ("LPBQ scales (a float per output channel times an integer per block) have no TFLite form: "
+                "FULLY_CONNECTED has one scale per output channel at most; quantize weights per channel "
+                "(drop \"scheme\": \"lpbq\" and \"block\" from the recipe)")
     if spec.scheme == "per-block":
         return ("FULLY_CONNECTED has one scale per output channel at most, no per-block scales; "
                 "quantize weights per channel (drop \"block\" from the recipe)")

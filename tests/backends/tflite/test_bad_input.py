@@ -110,7 +110,7 @@ def test_one_bit_spec_is_a_parse_error(tmp_path, capsys):
     ({"activations": {"bits": 8.0}}, "'activations' bits must be an integer, got 8.0"),
     ({"activations": {"observer": ["minmax"]}}, "unknown observer '['minmax']'"),
     ({"activations": {"bits": 16, "symmetric": False}}, "unknown key(s) symmetric in 'activations'"),
-    ({"weights": {"scheme": "per-row"}}, "weight scheme must be one of per-channel, per-tensor, got 'per-row'"),
+    ({"weights": {"scheme": "per-row"}}, "weight scheme must be one of per-channel, per-tensor, lpbq, got 'per-row'"),
     ({"weights": {"scheme": "per-tensor", "block": 4}}, "weights are either per-tensor or per-block"),
     ({"weights": {"scheme": "per-tensor"}, "overrides": [{"match": "up", "weights": {"block": 4}}]},
      "@up: the recipe asks for per-tensor and per-block (block 4) weights at once"),
