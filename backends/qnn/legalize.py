@@ -16,7 +16,11 @@ What changes, and why (each measured in onnxruntime-qnn's HTP simulator, see doc
   into one HTP MatMul; a linear with a bias and LPBQ weights is that MatMul, then an Add;
 - rms_norm is RMSNormalization (HTP RmsNorm) with an s16 gamma when it runs in 16 bit, a u8 one
   in 8 bit; layer_norm is LayerNormalization with a u8 gamma and an int32 beta, the only form HTP
-  runs in fixed point. A norm runs in its input's width: HTP runs u16 -> u8 in float.
+  runs in fixed point. A norm runs in its input's width: HTP runs u16 -> u8 in float;
+- a softmax's probabilities are unsigned with zero point 0 on the recipe's grid (HTP's 16-bit
+  MatMul of probabilities with zero point 32768 lets keys of probability 0 move the result);
+- a masked_fill is Where in one spec; a runtime integer mask (an encoder's attention mask) is Cast
+  to bool once, and integer tensors move through reshapes without a spec.
 
 The fake-quant interpreter run on the result is the QDQ reference the emitted graph must match."""
 from __future__ import annotations
