@@ -144,3 +144,14 @@ func @main(%x: f32[2,48]) -> f32[2,4] {
         qir.parse(text.replace("k=@w.block_scale", "k=3"))
     with pytest.raises(QirError, match="LPBQ quant spec .* needs axis >= 1"):
         qir.parse(text.replace("axis=1 block=16", "axis=0 block=1"))
+
+
+def test_learning_passes_refuse_lpbq_weights(tmp_path):
+    recipe = tmp_path / "lpbq.json"
+    recipe.write_text(json.dumps(LPBQ))
+    m = tiny_llama(layers=1)
+    ctx = PassContext(data={"calibration_inputs": tokens(2)})
+    PassManager(parse_pipeline(f"calibrate{{histogram=false}},quantize{{recipe={recipe}}}")).run(m, ctx)
+    with pytest.raises(QirError, match="@blk.0.attn_q has LPBQ scales .* learning passes do not transform or "
+                                       "clip LPBQ weights yet"):
+        PassManager(parse_pipeline("learn{epochs=1}")).run(m, ctx)
