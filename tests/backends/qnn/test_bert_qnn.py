@@ -5,6 +5,7 @@ HTP (simulator, CPU fallback disabled, every tensor fixed point) against the CPU
 padding invisible to the real tokens and the embedding. Differences are max |difference| in LSB
 of each output's spec (figures measured in docs/qnn-backend.md)."""
 import numpy as np
+import onnx
 import pytest
 
 import qir
@@ -63,6 +64,14 @@ def test_mask_is_lowered_to_a_cast_and_where(compiled):
     fills = [op for op in ops if op.name == "q.masked_fill"]
     assert len(fills) == 3 and all(op.operands[1] in [c.results[0] for c in casts] for op in fills)
     assert all(op.results[0].quant.zero_point == (0,) for op in ops if op.name == "q.softmax")
+
+
+def test_outputs_are_named_after_the_model_values(compiled):
+    """w8a8 converts the last LayerNorm's u16 result to the recipe's u8 spec: the graph output is
+    still `blk1.out.out`, which qir-eval --compiled looks up."""
+    _, module, _, model = compiled
+    names = [o.name for o in onnx.load_from_string(model).graph.output]
+    assert names == [v.name + ".out" for v in module.main.outputs] == ["blk1.out.out", "embedding.out"]
 
 
 def test_cpu_ep_matches_the_fake_quant_interpreter(compiled):
