@@ -27,6 +27,15 @@ def broadcast_params(params, spec: QuantSpec, shape: tuple[int, ...]):
     return params.reshape(blocked)
 
 
+def divide_exactly(x, s):
+    """x / s in float32, one true division per element, as numpy (and so the backends' emitters,
+    which quantize constants with it) computes it. XLA rewrites a division by a broadcast operand
+    (a per-tensor or per-channel scale) into a multiplication by its reciprocal, which moves exact
+    ties (x / s = n + 1/2) off the boundary that round-half-to-even breaks towards the even
+    integer; materializing the scale behind an optimization barrier keeps the division."""
+    return x / jax.lax.optimization_barrier(jnp.broadcast_to(s, x.shape))
+
+
 def lpbq_scales(spec: QuantSpec, scale, block_scale, shape: tuple[int, ...]):
     """The per-block scales of an LPBQ spec: block_scale[c, b] · scale[c] in float32 (the product
     a DequantizeLinear of the integer block scales by the per-channel scales computes)."""
@@ -37,9 +46,12 @@ def lpbq_scales(spec: QuantSpec, scale, block_scale, shape: tuple[int, ...]):
     return (k * s).reshape(-1)
 
 
-def fake_quant(x, spec: QuantSpec, scale, zero_point, block_scale=None):
+def fake_quant(x, spec: QuantSpec, scale, zero_point, block_scale=None, exact: bool = False):
     """Quantize-dequantize x with `spec`; `scale` and `zero_point` are the resolved parameters
-    (`block_scale` too for an LPBQ spec)."""
+    (`block_scale` too for an LPBQ spec). `exact`: divide element by element (`divide_exactly`),
+    as the interpreter does for constants: weights from bf16 checkpoints sit on exact ties of
+    their scales often (SmolLM2 in LPBQ blocks: 8 to 21 weights per matrix), which XLA's
+    reciprocal would round the other way than the integers a backend stores."""
     shape = x.shape
     if spec.block_scale is not None:
         scale = lpbq_scales(spec, scale, block_scale, shape)
@@ -50,5 +62,5 @@ def fake_quant(x, spec: QuantSpec, scale, zero_point, block_scale=None):
     z = broadcast_params(zero_point, spec, shape) if jnp.size(jnp.asarray(zero_point)) > 1 else \
         jnp.asarray(zero_point, jnp.float32).reshape(())
     x32 = x.astype(jnp.float32)
-    q = jnp.clip(round_ste(x32 / s) + z, spec.qmin, spec.qmax)
+    q = jnp.clip(round_ste(divide_exactly(x32, s) if exact else x32 / s) + z, spec.qmin, spec.qmax)
     return ((q - z) * s).astype(x.dtype).reshape(shape)

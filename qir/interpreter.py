@@ -49,17 +49,18 @@ class Interpreter:
         specs = specs or {}
 
         def run(weights, *inputs):
-            def quantized(array, spec):
+            def quantized(array, spec, constant=False):
                 if not fake or spec is None or not jnp.issubdtype(array.dtype, jnp.floating):
                     return array
                 param = lambda p: weights[p] if isinstance(p, str) else jnp.asarray(p)  # noqa: E731
                 return fake_quant(array, spec, param(spec.scale), param(spec.zero_point),
-                                  None if spec.block_scale is None else param(spec.block_scale))
+                                  None if spec.block_scale is None else param(spec.block_scale), exact=constant)
 
             env = {id(a): quantized(x, specs.get("%" + a.name, a.quant)) for a, x in zip(func.args, inputs)}
             for name, ref in func._constants.items():
                 if name in weights:
-                    env[id(ref)] = quantized(weights[name], specs.get("@" + name, self.module.constants[name].quant))
+                    env[id(ref)] = quantized(weights[name], specs.get("@" + name, self.module.constants[name].quant),
+                                             constant=True)
             for op in func.ops:
                 out = op.jax(*(env[id(v)] for v in op.operands))
                 outs = out if isinstance(out, (tuple, list)) else (out,)

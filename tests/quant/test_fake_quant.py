@@ -105,3 +105,15 @@ def test_spec_invariants():
         QuantSpec(1, True, scale=(0.1,))
     with pytest.raises(QirError, match="zero point must be an integer"):
         QuantSpec(8, True, scale=(0.1,), zero_point=(0.5,))
+
+
+def test_ties_round_half_to_even_under_jit():
+    """x / s = 2.5 exactly (a bf16 weight over its block's scale): with exact=True (the interpreter's
+    constants) the even neighbour, as numpy and the emitters give it, even where XLA would divide
+    by multiplying with 1/s."""
+    x = jnp.asarray(np.array([[0.29296875, -0.41015625, 0.0]], np.float32).repeat(4, 0))
+    for spec, scale in ((QuantSpec(8, True, scale=(0.1171875,)), (0.1171875,)),
+                        (QuantSpec(8, True, scale="s", axis=0), (0.1171875,) * 4)):
+        got = jax.jit(lambda x, s: fake_quant(x, spec, s, jnp.asarray((0,)), exact=True))(
+            x, jnp.asarray(scale, jnp.float32))
+        np.testing.assert_array_equal(np.asarray(got)[:, :2] / 0.1171875, [[2.0, -4.0]] * 4)
