@@ -11,9 +11,8 @@ from flax import nnx
 import qir
 from qir import PassContext, PassManager, QirError, parse_pipeline
 from qir.learning import fold, materialize, spec_overrides, build_model
-from qir.weights import WeightStore
-from frontends.llama import LlamaConfig, build_llama, hf_tensor_shapes
 from passes.learn import loss_target, make_plan
+from tests.passes.tiny_llama import tiny_llama as shared_tiny_llama
 
 GOLDEN = Path(__file__).parent / "golden"
 L, VOCAB = 16, 64
@@ -22,20 +21,9 @@ DECOMPOSED = "canonicalize,dce,decompose-norms,calibrate{histogram=false},quanti
 
 
 def tiny_llama(outlier: float = 20.0, bias: bool = False):
-    """2 layers, 4 query heads over 2 KV heads; norm weight channel 5 times `outlier` (the kind of
-    channel an equivalent transformation moves into the weights)."""
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, qkv_bias=bias, o_bias=bias)
-    rng = np.random.default_rng(0)
-    weights = WeightStore()
-    for name, shape in hf_tensor_shapes(cfg).items():
-        if "norm" in name:
-            data = 1 + 0.3 * rng.standard_normal(shape)
-            data[5] *= outlier
-        else:
-            data = 0.2 * rng.standard_normal(shape)
-        weights.set(name, data.astype(np.float32))
-    return build_llama(cfg, weights, L)
+    """2 layers, 4 query heads over 2 KV heads, norm channel 5 times `outlier`."""
+    return shared_tiny_llama(hidden=32, intermediate=48, head_dim=8, bias=bias, mlp_bias=False, outlier=outlier,
+                             spread=0.2, rms_eps=1e-6, name=None, seq_len=L)
 
 
 def tokens(count, seed=0):

@@ -12,6 +12,7 @@ from qir.weights import WeightStore
 from frontends import bert
 from frontends.llama import LlamaConfig, build_llama, hf_tensor_shapes
 from passes.smooth import find_pairs
+from tests.passes.tiny_llama import tiny_llama as shared_tiny_llama
 
 GOLDEN = Path(__file__).parent / "golden"
 L = 16
@@ -56,18 +57,8 @@ def test_golden_norm_pair_is_folded_and_the_post_norm_pair_left_alone():
 def tiny_llama(outlier: float = 1.0):
     """2 layers, 4 query heads sharing 2 key/value heads, biases; `outlier` scales channel 5 of every
     norm weight, the kind of channel smoothing is for."""
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, qkv_bias=True, o_bias=True)
-    rng = np.random.default_rng(0)
-    weights = WeightStore()
-    for name, shape in hf_tensor_shapes(cfg).items():
-        if "norm" in name:
-            data = 1 + 0.3 * rng.standard_normal(shape)
-            data[5] *= outlier
-        else:
-            data = 0.2 * rng.standard_normal(shape)
-        weights.set(name, data.astype(np.float32))
-    return build_llama(cfg, weights, L)
+    return shared_tiny_llama(hidden=32, intermediate=48, head_dim=8, bias=True, mlp_bias=False, outlier=outlier,
+                             spread=0.2, rms_eps=1e-6, name=None, seq_len=L)
 
 
 def llama_tokens(count, seed=0):
