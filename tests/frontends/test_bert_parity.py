@@ -45,6 +45,21 @@ def editable_checkpoint(checkpoint, tmp_path):
     return folder
 
 
+def compile_tiny_bert(checkpoint, out, recipe: str, target: str):
+    """`qir-compile` of the tiny BERT for `target`, calibrated on rows with 16 down to 1 real tokens;
+    returns the output folder."""
+    from qir.cli import compile as compile_cli
+    lengths = (16, 14, 12, 10, 8, 6, 4, 3, 2, 1)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(1, 101, (len(lengths), 1, SEQ_LEN)).astype(np.int32)
+    mask = (np.arange(SEQ_LEN) < np.asarray(lengths)[:, None, None]).astype(np.int32)
+    np.savez(out / "calibration.npz", input_ids=ids, attention_mask=mask)
+    assert compile_cli.main([str(checkpoint), "--seq-len", str(SEQ_LEN), "--recipe", recipe, "--target", target,
+                             "--calibration-data", str(out / "calibration.npz"), "--report-samples", "0",
+                             "-o", str(out / "model")]) == 0
+    return out / "model"
+
+
 def padded_inputs(vocab: int, seed: int = 1):
     rng = np.random.default_rng(seed)
     ids = np.zeros((len(LENGTHS), SEQ_LEN), np.int32)

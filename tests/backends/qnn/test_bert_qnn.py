@@ -11,10 +11,8 @@ import pytest
 import qir
 from backends.qnn.legalize import legalize_qnn
 from backends.qnn.runner import checked_htp_session, cpu_session, run_session
-from qir.cli import compile as compile_cli
-from tests.frontends.test_bert_parity import LENGTHS, SEQ_LEN, padded_inputs, tiny_bert
+from tests.frontends.test_bert_parity import LENGTHS, compile_tiny_bert, padded_inputs, tiny_bert
 
-CALIBRATION_LENGTHS = (16, 14, 12, 10, 8, 6, 4, 3, 2, 1)
 VOCAB = 101
 # measured (onnxruntime 1.32.0, onnxruntime-qnn 2.7.0, SM8650): largest difference over the four rows
 CPU_VS_FAKE_QUANT = {"a16w8": 4, "w8a8": 0}  # float32 summation order (jax against onnxruntime)
@@ -33,16 +31,9 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module", params=["a16w8", "w8a8"])
 def compiled(request, checkpoint, tmp_path_factory):
     """The recipe, model.qir (quantized), its QNN form and the model.onnx qir-compile wrote."""
-    out = tmp_path_factory.mktemp(request.param)
-    rng = np.random.default_rng(3)
-    ids = rng.integers(1, VOCAB, (len(CALIBRATION_LENGTHS), 1, SEQ_LEN)).astype(np.int32)
-    mask = (np.arange(SEQ_LEN) < np.asarray(CALIBRATION_LENGTHS)[:, None, None]).astype(np.int32)
-    np.savez(out / "calibration.npz", input_ids=ids, attention_mask=mask)
-    assert compile_cli.main([str(checkpoint), "--seq-len", str(SEQ_LEN), "--recipe", request.param,
-                             "--target", "qnn", "--calibration-data", str(out / "calibration.npz"),
-                             "--report-samples", "0", "-o", str(out / "model")]) == 0
-    module = qir.load_model(out / "model" / "model.qir").module
-    return request.param, module, legalize_qnn(module), (out / "model" / "model.onnx").read_bytes()
+    out = compile_tiny_bert(checkpoint, tmp_path_factory.mktemp(request.param), request.param, "qnn")
+    module = qir.load_model(out / "model.qir").module
+    return request.param, module, legalize_qnn(module), (out / "model.onnx").read_bytes()
 
 
 def rows(ids, mask):

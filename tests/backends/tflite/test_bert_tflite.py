@@ -8,10 +8,8 @@ import qir
 from backends.tflite.legalize import legalize_tflite
 from backends.tflite.reference import run_integer
 from backends.tflite.runner import run_tflite
-from qir.cli import compile as compile_cli
-from tests.frontends.test_bert_parity import LENGTHS, SEQ_LEN, padded_inputs, tiny_bert
+from tests.frontends.test_bert_parity import LENGTHS, SEQ_LEN, compile_tiny_bert, padded_inputs, tiny_bert
 
-CALIBRATION_LENGTHS = (16, 14, 12, 10, 8, 6, 4, 3, 2, 1)
 MIN_COSINE = {"a16w8": 0.999, "w8a8": 0.99}  # integer embedding against the float model's, per row
 
 
@@ -26,16 +24,9 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module", params=["a16w8", pytest.param("w8a8", marks=pytest.mark.slow)])
 def compiled(request, checkpoint, tmp_path_factory):
     """model.qir (quantized), its tfl form and the .tflite qir-compile wrote."""
-    out = tmp_path_factory.mktemp(request.param)
-    rng = np.random.default_rng(3)
-    ids = rng.integers(1, 101, (len(CALIBRATION_LENGTHS), 1, SEQ_LEN)).astype(np.int32)
-    mask = (np.arange(SEQ_LEN) < np.asarray(CALIBRATION_LENGTHS)[:, None, None]).astype(np.int32)
-    np.savez(out / "calibration.npz", input_ids=ids, attention_mask=mask)
-    assert compile_cli.main([str(checkpoint), "--seq-len", str(SEQ_LEN), "--recipe", request.param,
-                             "--target", "tflite", "--calibration-data", str(out / "calibration.npz"),
-                             "--report-samples", "0", "-o", str(out / "model")]) == 0
-    module = qir.load_model(out / "model" / "model.qir").module
-    return request.param, module, legalize_tflite(module), (out / "model" / "model.tflite").read_bytes()
+    out = compile_tiny_bert(checkpoint, tmp_path_factory.mktemp(request.param), request.param, "tflite")
+    module = qir.load_model(out / "model.qir").module
+    return request.param, module, legalize_tflite(module), (out / "model.tflite").read_bytes()
 
 
 def test_every_output_is_bit_exact_with_litert_on_padded_rows(compiled):
