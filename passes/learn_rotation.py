@@ -144,7 +144,7 @@ class LearnRotation(Pass):
                                n for n in rotated if module.constants[n].quant is not None and n not in plan.biases])))
             plan = replace(plan, factors=start_factors(module, plan.constants))
             report["rotations"] = train(module, ctx, plan, target, inputs, rates, self.rotation_epochs,
-                                        self.schedule, f"{self.name}: rotations")
+                                        self.schedule, f"{self.name}-rotations")
         if self.param_epochs:
             for tag, keep_rotated in (("rotated", True), ("others", False)):
                 plan = make_plan(module, func, target, ranges=True, clip=keep_rotated, let=False)
@@ -153,6 +153,6 @@ class LearnRotation(Pass):
                                tie={k: v for k, v in plan.tie.items() if v in chosen},
                                clipped={k: v for k, v in plan.clipped.items() if k in rotated})
                 report[tag] = train(module, ctx, plan, target, inputs, rates, self.param_epochs, self.schedule,
-                                    f"{self.name}: {tag} quant params")
+                                    f"{self.name}-{tag}")
         ctx.data[RESULT_KEY] = report
         return PassResult(modified=True)
