@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from qir import Function, Module, Pass, PassContext, PassResult, QirError, Value
+from qir import Function, Module, Pass, PassContext, PassResult, QirError
 from qir.learning import start_factors
 from qir.stats import observed_range
 from qir.quant_params import affine_params

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from qir.errors import QirError
@@ -102,7 +103,6 @@ def cayley(learning_rate, momentum: float = 0.9):
     With momentum m of the Euclidean gradient, A = m·Xᵀ − X·mᵀ is skew-symmetric and the Cayley
     transform X' = (I + a/2·A)⁻¹(I − a/2·A)·X is orthogonal again. A is normalized to unit spectral
     scale (its Frobenius norm over √n), so the learning rate is roughly the angle of a step."""
-    import optax
 
     def init(params):
         return {"m": jax.tree.map(jnp.zeros_like, params), "count": jnp.zeros((), jnp.int32)}
