@@ -27,6 +27,7 @@ from qir import Function, Interpreter, Module, Op, Pass, PassContext, PassResult
 from qir.calibration_data import INPUTS_KEY
 from qir.evaluate import progress_bar
 from qir.quant_report import LOSS_CURVES_KEY
+from qir.segmented import SegmentedGradient, upstream
 from qir.learning import (LearnPlan, Transform, build_model, cayley, fold, materialize, spec_overrides,
                           start_factors)
 
@@ -45,18 +46,6 @@ def loss_target(func: Function) -> Value:
     if op is not None and op.name == "q.linear" and not op.operands[0].is_constant:
         return op.operands[0]
     return out
-
-
-def upstream_ops(target: Value) -> list[Op]:
-    """The ops `target` depends on (its backward cone)."""
-    seen, stack = {}, [target.producer] if target.producer is not None else []
-    while stack:
-        op = stack.pop()
-        if id(op) in seen:
-            continue
-        seen[id(op)] = op
-        stack += [v.producer for v in op.operands if v.producer is not None]
-    return list(seen.values())
 
 
 def scaled_mul_pair(func: Function, op: Op) -> SmoothPair | None:
@@ -126,9 +115,8 @@ def shared_params(ops: list[Op]):
 
 
 def make_plan(module: Module, func: Function, target: Value, ranges: bool, clip: bool, let: bool) -> LearnPlan:
-    ops = upstream_ops(target)
-    cone = {id(op) for op in ops}
-    in_order = [op for op in func.ops if id(op) in cone]
+    in_order = upstream(func, target)
+    cone = {id(op) for op in in_order}
     activations, tie, specs = [], {}, {}
     if ranges:
         root = shared_params(in_order)
@@ -237,14 +225,31 @@ def train(module: Module, ctx: PassContext, plan: LearnPlan, target: Value, inpu
     references = float_references(module, target, inputs)
     fake = Interpreter(module, mode="fake-quant")
     base = fake.weights_for(func)
-    forward = fake.traced(observe=lambda n, x: x if n == target.name else jnp.zeros((0,), x.dtype),
-                          specs=spec_overrides(module, plan))
+    # compiled a segment at a time: the whole step compiled at once took XLA ~16 min on SmolLM2
+    graph = SegmentedGradient(fake, func, target, spec_overrides(module, plan))
+    touched = set(plan.touched())
 
-    def loss_fn(params, base, inputs, reference):
+    def learned(params, base):
+        """The entries of the weights dict the parameters set: transformed constants, scales, zero points."""
         weights = materialize(nnx.merge(graphdef, params, fixed), plan, base, module)
-        _, observed = forward(weights, *inputs)
-        y = observed[target.name].astype(jnp.float32)
-        return jnp.sum(jnp.square(y - reference)) / jnp.maximum(jnp.sum(jnp.square(reference)), 1e-30)
+        return {k: v for k, v in weights.items() if k not in base or k in touched}
+
+    compute = jax.jit(learned)
+    pull_back = jax.jit(lambda params, base, g: jax.vjp(lambda p: learned(p, base), params)[1](g)[0])
+
+    def relative_error(reference):
+        return lambda y: (jnp.sum(jnp.square(y.astype(jnp.float32) - reference))
+                          / jnp.maximum(jnp.sum(jnp.square(reference)), 1e-30))
+
+    def value_and_grad(params, x, reference):
+        changed = compute(params, base)
+        loss, grads = graph.value_and_grad({**base, **changed}, set(changed), x, relative_error(reference))
+        return loss, pull_back(params, base, {k: grads.get(k, jnp.zeros_like(v)) for k, v in changed.items()})
+
+    def mean_loss(params) -> float:
+        weights = {**base, **compute(params, base)}
+        return float(np.mean([relative_error(r)(graph.forward(weights, x)[0][id(target)])
+                              for x, r in zip(inputs, references)]))
 
     labels = jax.tree_util.tree_map_with_path(lambda path, _: str(path[0].key), params)
     steps = epochs * len(inputs)
@@ -254,13 +259,10 @@ def train(module: Module, ctx: PassContext, plan: LearnPlan, target: Value, inpu
     tx = optax.multi_transform(optimizers, labels)
 
     @jax.jit
-    def step(params, state, base, inputs, reference):
-        loss, grads = jax.value_and_grad(loss_fn)(params, base, inputs, reference)
+    def apply(grads, state, params):
         updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
+        return optax.apply_updates(params, updates), state
 
-    evaluate = jax.jit(loss_fn)
-    mean_loss = lambda p: float(np.mean([evaluate(p, base, x, r) for x, r in zip(inputs, references)]))  # noqa: E731
     before = mean_loss(params)
     state, curve, seconds = tx.init(params), [], []
     with progress_bar() as bar:
@@ -268,16 +270,14 @@ def train(module: Module, ctx: PassContext, plan: LearnPlan, target: Value, inpu
         for epoch in range(epochs):
             for i in np.random.default_rng(epoch).permutation(len(inputs)):
                 start = time.perf_counter()
-                params, state, loss = step(params, state, base, inputs[i], references[i])
+                loss, grads = value_and_grad(params, inputs[i], references[i])
+                params, state = apply(grads, state, params)
                 curve.append(float(loss))
                 seconds.append(time.perf_counter() - start)
                 bar.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs}  loss {curve[-1]:.4g}")
     after = mean_loss(params)
 
-    touched = set(plan.touched())
-    learned = lambda params, base: {k: v for k, v in materialize(nnx.merge(graphdef, params, fixed), plan, base,  # noqa: E731
-                                                                module).items() if k not in base or k in touched}
-    fold(module, plan, {k: np.asarray(v) for k, v in jax.jit(learned)(params, base).items()})
+    fold(module, plan, {k: np.asarray(v) for k, v in compute(params, base).items()})
     ctx.data.setdefault(LOSS_CURVES_KEY, {})[name] = curve
     return {"target": target.name, "loss_before": before, "loss_after": after, "loss": curve,
             "steps": len(curve), "samples": len(inputs), "first_step_seconds": seconds[0] if seconds else None,

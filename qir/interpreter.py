@@ -44,28 +44,40 @@ class Interpreter:
                 self._weights[name] = jax.numpy.asarray(self.module.weights.get(name))
         return {name: self._weights[name] for name in names}
 
+    def spec(self, value, specs: dict | None = None):
+        """The quant spec the fake-quant trace applies to a value or constant (`specs` overrides)."""
+        key = ("@" if value.is_constant else "%") + value.name
+        default = self.module.constants[value.name].quant if value.is_constant else value.quant
+        return (specs or {}).get(key, default)
+
+    def quantized(self, weights, array, spec, constant=False):
+        """`array` quantize-dequantized by `spec` in fake-quant mode (parameters read from `weights`)."""
+        if self.mode != "fake-quant" or spec is None or not jnp.issubdtype(array.dtype, jnp.floating):
+            return array
+        param = lambda p: weights[p] if isinstance(p, str) else jnp.asarray(p)  # noqa: E731
+        return fake_quant(array, spec, param(spec.scale), param(spec.zero_point),
+                          None if spec.block_scale is None else param(spec.block_scale), exact=constant)
+
+    def run_ops(self, weights, ops, env: dict, specs: dict | None = None) -> dict:
+        """Run `ops` in program order on `env` (id(value) -> array, holding every non-constant
+        operand); constants are read from `weights` (quantized) on first use."""
+        for op in ops:
+            for v in op.operands:
+                if id(v) not in env and v.is_constant:
+                    env[id(v)] = self.quantized(weights, weights[v.name], self.spec(v, specs), constant=True)
+            out = op.jax(*(env[id(v)] for v in op.operands))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            for value, array in zip(op.results, outs):
+                env[id(value)] = self.quantized(weights, array, self.spec(value, specs))
+        return env
+
     def _trace(self, func: Function, observe=None, specs=None):
-        fake = self.mode == "fake-quant"
-        specs = specs or {}
-
         def run(weights, *inputs):
-            def quantized(array, spec, constant=False):
-                if not fake or spec is None or not jnp.issubdtype(array.dtype, jnp.floating):
-                    return array
-                param = lambda p: weights[p] if isinstance(p, str) else jnp.asarray(p)  # noqa: E731
-                return fake_quant(array, spec, param(spec.scale), param(spec.zero_point),
-                                  None if spec.block_scale is None else param(spec.block_scale), exact=constant)
-
-            env = {id(a): quantized(x, specs.get("%" + a.name, a.quant)) for a, x in zip(func.args, inputs)}
-            for name, ref in func._constants.items():
-                if name in weights:
-                    env[id(ref)] = quantized(weights[name], specs.get("@" + name, self.module.constants[name].quant),
-                                             constant=True)
-            for op in func.ops:
-                out = op.jax(*(env[id(v)] for v in op.operands))
-                outs = out if isinstance(out, (tuple, list)) else (out,)
-                for value, array in zip(op.results, outs):
-                    env[id(value)] = quantized(array, specs.get("%" + value.name, value.quant))
+            env = {id(a): self.quantized(weights, x, self.spec(a, specs)) for a, x in zip(func.args, inputs)}
+            for ref in func._constants.values():  # every one, so that a returned constant is there too
+                if ref.name in weights:
+                    env[id(ref)] = self.quantized(weights, weights[ref.name], self.spec(ref, specs), constant=True)
+            self.run_ops(weights, func.ops, env, specs)
             outputs = tuple(env[id(v)] for v in func.outputs)
             if observe is None:
                 return outputs
