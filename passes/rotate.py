@@ -73,8 +73,10 @@ def residual_stream(module: Module, func: Function) -> Stream:
             for other in (v for v in op.operands if id(v) not in on_stream):
                 writer = other.producer
                 if writer is None or not linear_with_constants(writer) or len(other.uses) != 1:
+                    hint = ("; this model normalizes with LayerNorm, which does not commute with a rotation "
+                            "(rotate handles RMSNorm models)") if any(o.name == "q.layer_norm" for o in func.ops) else ""
                     refuse(f"%{op.result.name} adds %{other.name} to the residual stream; only the output of a "
-                           f"linear (used nowhere else) can be rotated into it")
+                           f"linear (used nowhere else) can be rotated into it{hint}")
                 stream.writers.append(writer)
         elif op.name == "q.rms_norm":
             weight = op.operands[1]

@@ -199,6 +199,13 @@ def test_what_cannot_be_rotated_is_named(graph, message):
         run(residual_graph(graph), "rotate")
 
 
+def test_a_layer_norm_encoder_is_refused_with_the_reason():
+    from tests.passes.test_smooth import tiny_bert
+    with pytest.raises(QirError, match="rotate: .* to the residual stream; .*this model normalizes with LayerNorm, "
+                                       "which does not commute with a rotation"):
+        run(tiny_bert(), "fold-norms,rotate")
+
+
 def test_no_embedding_lookup():
     m = Module("plain")
     b = Builder.new_function(m, "main")
