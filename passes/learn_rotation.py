@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from qir import Function, Module, Pass, PassContext, PassResult, QirError
 from qir.learning import start_factors
 from qir.stats import observed_range
 from qir.quant_params import affine_params
 
-from passes.calibrate import STATS_KEY
+from passes.calibrate import STATS_KEY, Calibrate
+from passes.quantize import activation_spec
 from passes.learn import MOVES, loss_target, make_plan, train, training_inputs
 
 RESULT_KEY = "learn-rotation"
@@ -82,6 +85,47 @@ def mse_initialise(func: Function, names: set[str], stats: dict) -> int:
     return count
 
 
+def clip_ratios(func: Function, stats: dict) -> dict[str, float]:
+    """Per-tensor activations (not masked fills, whose range is made, not observed) -> their range's
+    width over the calibrated min/max width: 1 for min/max ranges, below 1 where MSE clipped."""
+    ratios = {}
+    for value in func.args + [r for op in func.ops for r in op.results]:
+        spec, stat = value.quant, stats.get(value.name)
+        if spec is None or spec.axis is not None or isinstance(spec.scale, str) or stat is None \
+                or (value.producer is not None and value.producer.name == "q.masked_fill"):
+            continue
+        if spec.bits == 16:
+            width, observed = spec.scale[0] * spec.qmax, max(-min(stat.min, 0.0), max(stat.max, 0.0))
+        else:
+            width, observed = spec.scale[0] * (spec.qmax - spec.qmin), max(stat.max, 0.0) - min(stat.min, 0.0)
+        ratios[value.name] = min(1.0, width / observed) if observed > 0 else 1.0
+    return ratios
+
+
+def recalibrate(module: Module, ctx: PassContext, names: dict[str, float], group: set[str], mse: bool) -> None:
+    """Observe the rotated module again and give `names` fresh static ranges as quantize and stage 0
+    chose them (MSE for rotated ≤ 8-bit activations when `mse`, min/max otherwise); bias scales follow."""
+    Calibrate(histogram=mse).run(module, ctx)
+    stats = ctx.data[STATS_KEY]
+    func = module.main
+    for value in func.args + [r for op in func.ops for r in op.results]:
+        if value.name in names and value.name in stats:
+            spec = value.quant
+            observer = "mse" if mse and value.name in group and spec.bits <= 8 else "minmax"
+            value.quant = activation_spec(stats, value.name, {"bits": spec.bits, "observer": observer})
+    share_specs(func)
+    for op in func.ops:
+        if op.name == "q.linear" and len(op.operands) > 2 and op.operands[2].is_constant:
+            x, w, b = op.operands[:3]
+            spec = module.constants[b.name].quant
+            if spec is not None and isinstance(spec.scale, str) and x.quant is not None and w.quant is not None:
+                w_scales = module.weights.get(w.quant.scale) if isinstance(w.quant.scale, str) else \
+                    np.asarray(w.quant.scale, np.float32)
+                scales = np.float32(x.quant.scale[0]) * np.broadcast_to(np.asarray(w_scales, np.float32).reshape(-1),
+                                                                        b.type.shape[:1])
+                module.weights.set(spec.scale, scales.astype(np.float32).reshape(module.constants[spec.scale].type.shape))
+
+
 def share_specs(func: Function) -> None:
     """Re-tie values that pass their input's quant params through (reshape/transpose) after the
     initialisation changed some of them."""
@@ -103,6 +147,7 @@ class LearnRotation(Pass):
     lr: float = 1e-3           # activation ranges
     clip_lr: float = 1e-2      # weight clipping
     init: bool = True          # stage 0: MSE ranges for rotated activations of ≤ 8 bits
+    dynamic: bool = True       # stage 1: activations take their own ranges (times their clip ratio) on each input
     schedule: str = "cosine"
 
     def requires(self, module: Module) -> None:
@@ -143,8 +188,13 @@ class LearnRotation(Pass):
                            constants=list(dict.fromkeys(plan.constants + [
                                n for n in rotated if module.constants[n].quant is not None and n not in plan.biases])))
             plan = replace(plan, factors=start_factors(module, plan.constants))
+            dynamic = clip_ratios(func, stats) if self.dynamic else {}
+            plan = replace(plan, dynamic=dynamic)
             report["rotations"] = train(module, ctx, plan, target, inputs, rates, self.rotation_epochs,
                                         self.schedule, f"{self.name}-rotations")
+            if dynamic:  # the static ranges of the rotated module, observed anew
+                recalibrate(module, ctx, dynamic, group, self.init)
+                report["recalibrated"] = len(dynamic)
         if self.param_epochs:
             for tag, keep_rotated in (("rotated", True), ("others", False)):
                 plan = make_plan(module, func, target, ranges=True, clip=keep_rotated, let=False)

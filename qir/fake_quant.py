@@ -2,6 +2,8 @@
 straight-through rounding, for every scheme a QuantSpec can describe."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
@@ -64,3 +66,24 @@ def fake_quant(x, spec: QuantSpec, scale, zero_point, block_scale=None, exact: b
     x32 = x.astype(jnp.float32)
     q = jnp.clip(round_ste(divide_exactly(x32, s) if exact else x32 / s) + z, spec.qmin, spec.qmax)
     return ((q - z) * s).astype(x.dtype).reshape(shape)
+
+
+@dataclass(frozen=True)
+class DynamicRange:
+    """Stands in for a per-tensor activation spec in a trace: the range is the tensor's own min/max
+    (with 0 inside) times `ratio`, recomputed on every input, so the range follows the tensor while
+    what produces it is learned (rotations). A 16-bit spec stays symmetric (zero point 0)."""
+
+    spec: QuantSpec
+    ratio: float = 1.0
+    constants = ()  # reads no weights entry
+
+    def params(self, x):
+        x = x.astype(jnp.float32)
+        lo, hi = jnp.minimum(x.min(), 0.0) * self.ratio, jnp.maximum(x.max(), 0.0) * self.ratio
+        if self.spec.bits == 16:  # as quantize sets 16-bit activations
+            scale = jnp.maximum(jnp.maximum(-lo, hi), 1e-12) / self.spec.qmax
+            return scale.reshape(1), jnp.zeros((1,), jnp.float32)
+        scale = jnp.maximum(hi - lo, 1e-12) / (self.spec.qmax - self.spec.qmin)
+        zero = jnp.clip(round_ste(self.spec.qmin - lo / scale), self.spec.qmin, self.spec.qmax)
+        return scale.reshape(1), zero.reshape(1)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qir.errors import QirError
-from qir.fake_quant import fake_quant
+from qir.fake_quant import DynamicRange, fake_quant
 from qir.ir import Function, Module
 
 jax.config.update("jax_enable_x64", False)
@@ -54,6 +54,8 @@ class Interpreter:
         """`array` quantize-dequantized by `spec` in fake-quant mode (parameters read from `weights`)."""
         if self.mode != "fake-quant" or spec is None or not jnp.issubdtype(array.dtype, jnp.floating):
             return array
+        if isinstance(spec, DynamicRange):
+            return fake_quant(array, spec.spec, *spec.params(array))
         param = lambda p: weights[p] if isinstance(p, str) else jnp.asarray(p)  # noqa: E731
         return fake_quant(array, spec, param(spec.scale), param(spec.zero_point),
                           None if spec.block_scale is None else param(spec.block_scale), exact=constant)

@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 
 from qir.errors import QirError
-from qir.fake_quant import round_ste
+from qir.fake_quant import DynamicRange, round_ste
 from qir.ir import Module
 from qir.quant import QuantSpec
 
@@ -151,6 +151,8 @@ class LearnPlan:
     # constant -> (left, right) learned rotations: ("R1",) whole, ("R2", D) per block of D; () none
     rotated: dict[str, tuple[tuple, tuple]] = field(default_factory=dict)
     rotation_sizes: dict[str, int] = field(default_factory=dict)  # "R1"/"R2" -> n
+    # value name -> clip ratio: quantized with its own range times the ratio on each input (DynamicRange)
+    dynamic: dict[str, float] = field(default_factory=dict)
 
     def touched(self) -> list[str]:
         """Constants whose data the transforms and rotations change."""
@@ -196,6 +198,10 @@ def spec_overrides(module: Module, plan: LearnPlan) -> dict[str, QuantSpec]:
         specs["%" + name] = specs["%" + root]
     for name in plan.constants + list(plan.biases):
         specs["@" + name] = replace(module.constants[name].quant, scale=param_key("@", name, "scale"))
+    func = module.functions[plan.function]
+    for value in func.args + [r for op in func.ops for r in op.results]:
+        if value.name in plan.dynamic:
+            specs["%" + value.name] = DynamicRange(value.quant, plan.dynamic[value.name])
     return specs
 
 

@@ -54,6 +54,9 @@ def test_stages_report_and_the_float_function_is_kept():
     assert report["rotations"]["rotations"] == ["R1", "R2"] and report["rotations"]["steps"] == 16
     assert report["rotated"]["activations"] > 0 and report["rotated"]["clipped_weights"] == 14
     assert report["others"]["activations"] > 0 and report["others"]["clipped_weights"] == 0
+    # after the rotations, every per-tensor activation was observed anew; masked fills keep theirs
+    assert report["recalibrated"] > 0
+    assert all(isinstance(r.quant.scale, tuple) for op in module.main.ops for r in op.results if r.quant is not None)
     # the rotations moved the weights, and cancel in float (orthogonal to float32 precision)
     assert np.abs(module.weights.get("blk.0.attn_q") - reference.weights.get("blk.0.attn_q")).max() > 1e-4
     for x in tokens(3, seed=5):
@@ -94,3 +97,25 @@ def test_bad_input():
         PassManager(parse_pipeline("learn-rotation")).run(tiny_llama(), PassContext(data={"calibration_inputs": tokens(2)}))
     with pytest.raises(QirError, match="needs epochs >= 0"):
         PassManager(parse_pipeline("learn-rotation{rotation_lr=-1}")).run(*quantized(ROTATED))
+
+
+def test_dynamic_ranges_follow_the_tensor():
+    from qir.fake_quant import DynamicRange, fake_quant
+    from qir.quant import QuantSpec
+    x = jnp.asarray([[-1.0, 0.5, 3.0, 2.0]])
+    scale, zero = DynamicRange(QuantSpec(8, True, scale=(1.0,), zero_point=(0,)), ratio=0.5).params(x)
+    assert np.isclose(float(scale[0]), 0.5 * 4.0 / 255) and float(zero[0]) == round(-128 + 0.5 / float(scale[0]))
+    scale, zero = DynamicRange(QuantSpec(16, True, scale=(1.0,), zero_point=(0,))).params(-x)
+    assert np.isclose(float(scale[0]), 3.0 / 32767) and float(zero[0]) == 0.0
+    # the range's gradient reaches the extreme element: shrinking the outlier shrinks the step
+    spec = DynamicRange(QuantSpec(8, True, scale=(1.0,), zero_point=(0,)))
+    grad = jax.grad(lambda x: spec.params(x)[0][0])(x)
+    assert float(grad[0, 2]) > 0 and float(grad[0, 0]) < 0 and float(grad[0, 1]) == 0.0
+    y = fake_quant(x, spec.spec, *spec.params(x))
+    assert float(jnp.abs(y - x).max()) <= float(spec.params(x)[0][0]) / 2 + 1e-6
+
+
+def test_static_rotation_stage_keeps_the_ranges():
+    """dynamic=false: stage 1 trains against the frozen static ranges and nothing is recalibrated."""
+    module, ctx = learned(rotation_epochs=1, param_epochs=0, dynamic="false")
+    assert "recalibrated" not in ctx.data["learn-rotation"]
