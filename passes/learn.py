@@ -178,11 +178,13 @@ class Learn(Pass):
     name = "learn"
     summary = ("MobileQuant: learn activation ranges, weight clipping and equivalent transformations end to end "
                "(needs quantize), then fold them into weights and static quant params")
-    epochs: int = 2          # passes over the training inputs
+    # SmolLM2 w8a8, 6 blocks, held-out error of the final hidden state 0.146 before learning: 0.139
+    # with rates 20x lower than these and 2 epochs, 0.052 with these, 0.034 at 2x, 0.130 at 4x (diverging)
+    epochs: int = 4          # passes over the training inputs
     samples: int = 0         # calibration inputs to train on; 0: all given
-    lr: float = 1e-3         # activation ranges (log scale; zero point as a fraction of the grid)
-    clip_lr: float = 1e-2    # weight clipping logits
-    let_lr: float = 5e-3     # log of the equivalent-transformation scales
+    lr: float = 2e-2         # activation ranges (log scale; zero point as a fraction of the grid)
+    clip_lr: float = 2e-1    # weight clipping logits
+    let_lr: float = 1e-1     # log of the equivalent-transformation scales
     schedule: str = "cosine"  # learning rates decay to 0 over the steps ("cosine") or stay ("constant")
     ranges: bool = True
     clip: bool = True

@@ -140,14 +140,14 @@ class LearnRotation(Pass):
     name = "learn-rotation"
     summary = ("Quant.npu: learn the rotations (Cayley, quant params frozen), then the quant params per group "
                "(rotated tensors, then the rest); needs rotate and quantize")
-    rotation_epochs: int = 2   # stage 1: passes over the training inputs
-    param_epochs: int = 1      # stage 2: passes per group
+    rotation_epochs: int = 1   # stage 1: passes over the training inputs
+    param_epochs: int = 2      # stage 2: passes per group
     samples: int = 0           # calibration inputs to train on; 0: all given
     rotation_lr: float = 0.02  # step of the Cayley update (about an angle in radians)
-    lr: float = 1e-3           # activation ranges
-    clip_lr: float = 1e-2      # weight clipping
+    lr: float = 2e-2           # activation ranges (as learn)
+    clip_lr: float = 2e-1      # weight clipping (as learn)
     init: bool = True          # stage 0: MSE ranges for rotated activations of ≤ 8 bits
-    dynamic: bool = True       # stage 1: activations take their own ranges (times their clip ratio) on each input
+    dynamic: bool = False      # stage 1: activations take their own ranges (times their clip ratio) on each input
     schedule: str = "cosine"
 
     def requires(self, module: Module) -> None:

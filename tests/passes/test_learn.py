@@ -62,7 +62,7 @@ def test_learning_lowers_the_loss_and_the_held_out_error():
     PassManager(parse_pipeline("learn")).run(module, ctx)  # verifies after the pass
     report = ctx.data["learn"]
     assert report["target"] == "output_norm"
-    assert report["steps"] == 64 and len(ctx.data["loss_curves"]["learn"]) == 64
+    assert report["steps"] == 128 and len(ctx.data["loss_curves"]["learn"]) == 128
     assert report["activations"] > 0 and report["clipped_weights"] == 14 and len(report["transforms"]) == 8
     assert report["loss_after"] < 0.95 * report["loss_before"], report
     after = hidden_error(module, held_out)

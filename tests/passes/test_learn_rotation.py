@@ -47,7 +47,7 @@ def learned(**options):
 
 def test_stages_report_and_the_float_function_is_kept():
     reference, _ = quantized(ROTATED)
-    module, ctx = learned(rotation_epochs=2, param_epochs=1)
+    module, ctx = learned(rotation_epochs=2, param_epochs=1, dynamic="true")
     report = ctx.data["learn-rotation"]
     assert report["rotated_constants"] == 16  # table, 2 x (q, k, v, o, gate, up, down), head
     assert report["mse_initialised"] > 0
@@ -116,6 +116,6 @@ def test_dynamic_ranges_follow_the_tensor():
 
 
 def test_static_rotation_stage_keeps_the_ranges():
-    """dynamic=false: stage 1 trains against the frozen static ranges and nothing is recalibrated."""
-    module, ctx = learned(rotation_epochs=1, param_epochs=0, dynamic="false")
+    """dynamic=false (the default): stage 1 trains against the frozen static ranges, nothing is recalibrated."""
+    module, ctx = learned(rotation_epochs=1, param_epochs=0)
     assert "recalibrated" not in ctx.data["learn-rotation"]
