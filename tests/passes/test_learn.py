@@ -200,3 +200,16 @@ def test_golden_fold_of_chosen_parameters():
     np.testing.assert_allclose(module.weights.get("b1.scale"), n_scale * w1_scale, rtol=1e-6)
     assert func.args[0].quant.scale[0] == pytest.approx(specs["x"].scale[0], rel=1e-7)  # log-scale 0 (in float32)
     assert func.ops[2].result.quant == specs["y"]  # outside the loss: not learned
+
+
+def test_a_diverging_rate_keeps_the_start():
+    """Learning keeps the epoch with the lowest mean loss, the start included."""
+    module, ctx = quantized()
+    inputs = tokens(4, seed=2)
+    before = hidden_error(module, inputs)
+    PassManager(parse_pipeline("learn{epochs=2,lr=30,clip_lr=300,let_lr=30}")).run(module, ctx)
+    report = ctx.data["learn"]
+    later = np.asarray(report["epoch_losses"][1:])
+    assert len(later) == 2 and not np.any(later < report["loss_before"])  # it diverged (to NaN here)
+    assert report["kept_epoch"] == 0 and report["loss_after"] == report["loss_before"]
+    assert abs(hidden_error(module, inputs) - before) <= 1e-3 * before

@@ -47,18 +47,18 @@ def learned(**options):
 
 def test_stages_report_and_the_float_function_is_kept():
     reference, _ = quantized(ROTATED)
-    module, ctx = learned(rotation_epochs=2, param_epochs=1, dynamic="true")
+    module, ctx = learned(rotation_epochs=2, param_epochs=1)
     report = ctx.data["learn-rotation"]
     assert report["rotated_constants"] == 16  # table, 2 x (q, k, v, o, gate, up, down), head
     assert report["mse_initialised"] > 0
     assert report["rotations"]["rotations"] == ["R1", "R2"] and report["rotations"]["steps"] == 16
     assert report["rotated"]["activations"] > 0 and report["rotated"]["clipped_weights"] == 14
     assert report["others"]["activations"] > 0 and report["others"]["clipped_weights"] == 0
-    # after the rotations, every per-tensor activation was observed anew; masked fills keep theirs
-    assert report["recalibrated"] > 0
     assert all(isinstance(r.quant.scale, tuple) for op in module.main.ops for r in op.results if r.quant is not None)
     # the rotations moved the weights, and cancel in float (orthogonal to float32 precision)
-    assert np.abs(module.weights.get("blk.0.attn_q") - reference.weights.get("blk.0.attn_q")).max() > 1e-4
+    # (only if an epoch of rotations lowered the mean loss: otherwise the start, rotate's Hadamards, is kept)
+    moved = np.abs(module.weights.get("blk.0.attn_q") - reference.weights.get("blk.0.attn_q")).max()
+    assert (moved > 1e-4) == (report["rotations"]["kept_epoch"] > 0), (moved, report["rotations"]["epoch_losses"])
     for x in tokens(3, seed=5):
         want = qir.interpret(reference, *x)[0]
         np.testing.assert_allclose(qir.interpret(module, *x)[0], want, atol=2e-3 * np.abs(want).max())
@@ -115,7 +115,11 @@ def test_dynamic_ranges_follow_the_tensor():
     assert float(jnp.abs(y - x).max()) <= float(spec.params(x)[0][0]) / 2 + 1e-6
 
 
-def test_static_rotation_stage_keeps_the_ranges():
-    """dynamic=false (the default): stage 1 trains against the frozen static ranges, nothing is recalibrated."""
+def test_dynamic_rotation_stage_recalibrates():
+    """dynamic=true: after the rotations every per-tensor activation is observed anew (static again);
+    by default (false) nothing is recalibrated."""
+    module, ctx = learned(rotation_epochs=1, param_epochs=0, dynamic="true")
+    assert ctx.data["learn-rotation"]["recalibrated"] > 0
+    assert all(isinstance(r.quant.scale, tuple) for op in module.main.ops for r in op.results if r.quant is not None)
     module, ctx = learned(rotation_epochs=1, param_epochs=0)
     assert "recalibrated" not in ctx.data["learn-rotation"]
