@@ -8,7 +8,7 @@ Three kinds of parameters (Flax nnx modules, qir/learning.py), trained together 
                         X / s in the producer's constants, W · diag(s) in the linears' columns
 
 The loss is the relative squared error of the final hidden state (the input of the last linear:
-the last norm's output of a causal LM; otherwise the first output) of the fake-quantized module
+the last norm's output of a causal LM; otherwise the last output, an encoder's pooled embedding) of the fake-quantized module
 against the float module, ||y_q - y||² / ||y||², one calibration input per step, with adam and
 straight-through rounding. Afterwards everything is folded into the weights and static quant
 params: the result is an ordinary quantized module. See docs/accuracy-passes.md."""
