@@ -23,15 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from qir import Function, Module, Pass, PassContext, PassResult, QirError
 from qir.learning import start_factors
 from qir.stats import observed_range
 from qir.quant_params import affine_params
 
 from passes.calibrate import STATS_KEY, Calibrate
-from passes.quantize import activation_spec
+from passes.quantize import activation_spec, bias_scales
 from passes.learn import MOVES, loss_target, make_plan, train, training_inputs
 
 RESULT_KEY = "learn-rotation"
@@ -119,11 +117,8 @@ def recalibrate(module: Module, ctx: PassContext, names: dict[str, float], group
             x, w, b = op.operands[:3]
             spec = module.constants[b.name].quant
             if spec is not None and isinstance(spec.scale, str) and x.quant is not None and w.quant is not None:
-                w_scales = module.weights.get(w.quant.scale) if isinstance(w.quant.scale, str) else \
-                    np.asarray(w.quant.scale, np.float32)
-                scales = np.float32(x.quant.scale[0]) * np.broadcast_to(np.asarray(w_scales, np.float32).reshape(-1),
-                                                                        b.type.shape[:1])
-                module.weights.set(spec.scale, scales.astype(np.float32).reshape(module.constants[spec.scale].type.shape))
+                module.weights.set(spec.scale, bias_scales(module, x, w, b).reshape(
+                    module.constants[spec.scale].type.shape))
 
 
 def share_specs(func: Function) -> None:

@@ -128,11 +128,16 @@ class Quantize(Pass):
             return
         if module.constants[b.name].quant is not None:
             return
-        w_scales = module.weights.get(w.quant.scale) if isinstance(w.quant.scale, str) else np.asarray(w.quant.scale)
-        w_scales = np.broadcast_to(w_scales.reshape(-1), b.type.shape[:1])  # a per-tensor weight: one for all
-        scales = (np.float32(x.quant.scale[0]) * w_scales.astype(np.float32)).astype(np.float32)
-        set_constant_quant(module, b.name, QuantSpec(32, True, scale=add_param(module, b.name + ".scale", scales),
+        set_constant_quant(module, b.name, QuantSpec(32, True, scale=add_param(module, b.name + ".scale",
+                                                                               bias_scales(module, x, w, b)),
                                                      zero_point=(0,), axis=0))
+
+
+def bias_scales(module: Module, x, w, b) -> np.ndarray:
+    """An int32 bias's scales: the input's scale times the weight's, per output channel."""
+    w_scales = module.weights.get(w.quant.scale) if isinstance(w.quant.scale, str) else np.asarray(w.quant.scale)
+    w_scales = np.broadcast_to(w_scales.reshape(-1), b.type.shape[:1])  # a per-tensor weight: one for all
+    return (np.float32(x.quant.scale[0]) * w_scales.astype(np.float32)).astype(np.float32)
 
 
 def constant_roles(module: Module) -> dict[str, str]:
