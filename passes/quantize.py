@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qir import Module, Pass, PassContext, PassResult, QirError, QuantSpec
+from qir.mixed_precision import grid_sqnr_db
 from qir.quant_params import affine_params, block_scales, clip_factors, lpbq_scales, symmetric_scales
 from qir.quant_recipe import WEIGHT_OBSERVERS, check_lpbq, load_recipe
 from qir.stats import OBSERVERS, ValueStats, observed_range
@@ -23,6 +24,9 @@ class Quantize(Pass):
     recipe: str = "w8a8"
     observer: str = ""  # overrides the recipe's activation observer when set
     weight_observer: str = ""  # overrides the recipe's weight observer (minmax, mse) when set
+    # an activation whose 8-bit grid leaves less than this SQNR (dB) on the calibration data takes
+    # 16 bits (qir/mixed_precision.py); -1: the recipe's "min_sqnr" (20 in the built-ins); 0: off
+    min_sqnr: float = -1.0
 
     def run(self, module: Module, ctx: PassContext) -> PassResult:
         recipe = load_recipe(self.recipe)
@@ -41,7 +45,11 @@ class Quantize(Pass):
         stats = ctx.data.get(STATS_KEY)
         if stats is None:
             raise QirError("quantize needs activation statistics: put 'calibrate' before it in the pipeline")
+        if self.min_sqnr < 0 and self.min_sqnr != -1:
+            raise QirError(f"quantize: min_sqnr must be a number of dB ≥ 0 (0: off; -1: the recipe's), "
+                           f"not {self.min_sqnr:g}")
         roles = constant_roles(module)
+        widened = []
         for name, role in roles.items():
             if role == "weight":
                 self._quantize_weight(module, recipe, name)
@@ -61,10 +69,16 @@ class Quantize(Pass):
                         value.quant = masked_fill_spec(stats, producer, settings, module)
                     else:
                         value.quant = activation_spec(stats, value.name, settings)
+                        least = self.min_sqnr if self.min_sqnr >= 0 else settings.get("min_sqnr", 0)
+                        if least and value.quant.bits < 16 and \
+                                grid_sqnr_db(stats[value.name], value.quant.scale[0]) < least:
+                            value.quant = activation_spec(stats, value.name, {"bits": 16, "observer": "minmax"})
+                            widened.append(value.name)
         for func in module.functions.values():
             for op in func.ops:
                 if op.name in BIAS_OPERANDS and len(op.operands) > BIAS_OPERANDS[op.name]:
                     self._quantize_bias(module, op)
+        ctx.data[self.name] = {"recipe": recipe.name, "widened": widened}
         return PassResult(modified=True)
 
     def _quantize_weight(self, module, recipe, name):

@@ -6,7 +6,8 @@ A recipe is JSON (see docs/quantization.md):
   "weights":     {"bits": 8},                       # per-channel symmetric; "block": 32 for per-block,
                                                     # "scheme": "per-tensor" for one scale,
                                                     # "scheme": "lpbq" + "block": 64 for LPBQ (4 bit)
-  "activations": {"bits": 8, "observer": "minmax"}, # per-tensor; 16-bit is symmetric (zero point 0)
+  "activations": {"bits": 8, "observer": "minmax",  # per-tensor; 16-bit is symmetric (zero point 0)
+                  "min_sqnr": 20},                  # an 8-bit grid below 20 dB SQNR: 16 bits instead
   "constants":   {"bits": 16},                      # other float constants (norm weights, rope tables)
   "overrides": [
     {"consumer": "q.rms_norm", "activations": {"bits": 16}},   # values feeding a norm
@@ -27,7 +28,7 @@ from qir.stats import OBSERVERS
 
 SUPPORTED_BITS = {"weights": (4, 8), "activations": (8, 16), "constants": (8, 16)}
 SECTION_KEYS = {"weights": {"bits", "block", "scheme", "observer"},
-                "activations": {"bits", "observer", "percentile"}, "constants": {"bits"}}
+                "activations": {"bits", "observer", "percentile", "min_sqnr"}, "constants": {"bits"}}
 WEIGHT_SCHEMES = ("per-channel", "per-tensor", "lpbq")  # per-block is "block": B; lpbq needs "block" too
 WEIGHT_OBSERVERS = ("minmax", "mse")  # weights need no histogram: mse searches a clip per channel/block
 OVERRIDE_KEYS = {"match", "producer", "consumer", "feeds", "weights", "activations", "constants", "skip"}
@@ -48,15 +49,20 @@ WIDE_TENSORS = [
     {"producer": "q.softmax", "activations": {"bits": 16}},
 ]
 
+# 8-bit activations whose grid leaves less SQNR than this on the calibration data take 16 bits
+# (qir/mixed_precision.py; the sweep that chose it is in docs/quantization.md)
+MIN_SQNR_DB = 20.0
+A8 = {"bits": 8, "min_sqnr": MIN_SQNR_DB}
+
 LPBQ_BLOCK = 64  # the block size of the built-in LPBQ recipes (AIMET's default for LPBQ)
 
 BUILTIN = {
-    "w8a8": {"weights": {"bits": 8}, "activations": {"bits": 8}, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
+    "w8a8": {"weights": {"bits": 8}, "activations": A8, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
     "a16w8": {"weights": {"bits": 8}, "activations": {"bits": 16}, "constants": {"bits": 16}},
-    "w4a8": {"weights": {"bits": 4}, "activations": {"bits": 8}, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
+    "w4a8": {"weights": {"bits": 4}, "activations": A8, "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
     "w4a16": {"weights": {"bits": 4}, "activations": {"bits": 16}, "constants": {"bits": 16}},
     # 4-bit weights in blocks of 64 with LPBQ's two-level scales (what Qualcomm's HTP runs in 4 bit)
-    "w4a8-lpbq": {"weights": {"bits": 4, "scheme": "lpbq", "block": LPBQ_BLOCK}, "activations": {"bits": 8},
+    "w4a8-lpbq": {"weights": {"bits": 4, "scheme": "lpbq", "block": LPBQ_BLOCK}, "activations": A8,
                   "constants": {"bits": 16}, "overrides": WIDE_TENSORS},
     "w4a16-lpbq": {"weights": {"bits": 4, "scheme": "lpbq", "block": LPBQ_BLOCK}, "activations": {"bits": 16},
                    "constants": {"bits": 16}},
@@ -123,6 +129,9 @@ def _check_section(where: str, section: str, values) -> dict:
                                    or not isinstance(values["percentile"], (int, float))
                                    or not 0 < values["percentile"] <= 100):
         raise QirError(f"{where}: percentile must be a number in (0, 100], got {values['percentile']!r}")
+    if "min_sqnr" in values and (isinstance(values["min_sqnr"], bool)
+                                 or not isinstance(values["min_sqnr"], (int, float)) or values["min_sqnr"] < 0):
+        raise QirError(f"{where}: min_sqnr must be a number of dB ≥ 0 (0: off), got {values['min_sqnr']!r}")
     if "block" in values and (isinstance(values["block"], bool) or not isinstance(values["block"], int)
                               or values["block"] < 2):
         raise QirError(f"{where}: weight block size must be an integer ≥ 2, got {values['block']!r}")

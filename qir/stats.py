@@ -12,14 +12,16 @@ OBSERVERS = ("minmax", "percentile", "mse")
 
 @dataclass
 class ValueStats:
-    """Range of one value over the calibration set, plus a histogram over [min, max] if gathered."""
+    """Range and root mean square of one value over the calibration set, plus a histogram over
+    [min, max] if gathered."""
 
     min: float
     max: float
     hist: np.ndarray | None = None
+    rms: float | None = None
 
     def to_json(self) -> dict:
-        return {"min": self.min, "max": self.max,
+        return {"min": self.min, "max": self.max, **({"rms": self.rms} if self.rms is not None else {}),
                 **({"hist": self.hist.astype(int).tolist()} if self.hist is not None else {})}
 
 

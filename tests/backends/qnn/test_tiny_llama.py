@@ -66,3 +66,21 @@ def test_htp_logits_track_the_float_model():
         sqnr[recipe] = 10 * np.log10(signal / noise)
     print("SQNR of HTP logits against the float model (dB):", {k: round(v, 1) for k, v in sqnr.items()})
     assert sqnr["a16w8"] > sqnr["w8a8"] > 15
+
+
+def test_mixed_precision_runs_on_htp():
+    """quantize{min_sqnr=...} puts some activations of a w8a8 graph in 16 bits: HTP runs the mixed
+    graph (int8 and int16 operands meeting at muls, adds and linears) with no fallback, the QDQ
+    graph on CPU matches the fake-quant interpreter, and the logits move closer to float."""
+    results = {}
+    for least in (0, 42):
+        module = tiny_llama()
+        ctx = qir.PassContext(data={"calibration_inputs": tokens(8, seed=0)})
+        qir.PassManager(qir.parse_pipeline(f"calibrate,quantize{{recipe=w8a8,min_sqnr={least}}}")).run(module, ctx)
+        results[least] = (ctx.data["quantize"]["widened"], fidelity(module, tokens(2, seed=5)))
+        print(f"min_sqnr={least}: {len(results[least][0])} widened; {results[least][1]}")
+    widened, mixed = results[42]
+    assert not results[0][0] and {"blk0.ffn_hidden", "blk1.ffn_hidden"} <= set(widened)
+    assert mixed.cpu_vs_fake_quant <= 14.01
+    assert mixed.htp_vs_cpu <= HTP_BOUND["w8a8"] + 0.01, str(mixed)
+    assert mixed.htp_sqnr_db > results[0][1].htp_sqnr_db

@@ -1,0 +1,108 @@
+"""quantize{min_sqnr=...} and a recipe's "min_sqnr": an 8-bit activation whose grid's SQNR on the
+calibration data falls short takes 16 bits; the predicted SQNR matches measured rounding noise; the
+built-in 8-bit recipes use 20 dB; the mixed graph runs in TFLite bit-exact with qir's integer rules;
+bad options."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import qir
+from qir import PassContext, PassManager, QirError, parse_pipeline
+from qir.mixed_precision import grid_sqnr_db
+from qir.quant_params import affine_params
+from qir.quant_recipe import BUILTIN, recipe_from_dict
+from qir.stats import ValueStats
+from passes.calibrate import STATS_KEY
+from tests.passes.tiny_llama import tiny_llama, tokens
+
+PIPELINE = "canonicalize,dce,decompose-norms,calibrate{histogram=false},quantize{recipe=w8a8%s}"
+
+
+def quantized(options: str = ""):
+    module = tiny_llama(outlier=30.0)
+    ctx = PassContext(data={"calibration_inputs": tokens(8)})
+    PassManager(parse_pipeline(PIPELINE % options)).run(module, ctx)
+    return module, ctx
+
+
+def specs(module) -> dict:
+    return {r.name: r.quant for op in module.main.ops for r in op.results if r.quant is not None}
+
+
+def test_predicted_sqnr_matches_measured_rounding_noise():
+    x = np.random.default_rng(0).uniform(-1.0, 3.0, 200_000)
+    stats = ValueStats(float(x.min()), float(x.max()), rms=float(np.sqrt(np.mean(x * x))))
+    scale, zero, qmin, qmax = affine_params(stats.min, stats.max, 8, False)
+    rounded = (np.clip(np.round(x / scale) + zero, qmin, qmax) - zero) * scale
+    measured = 10 * math.log10(np.mean(x * x) / np.mean((x - rounded) ** 2))
+    assert abs(grid_sqnr_db(stats, scale) - measured) < 0.1
+    assert grid_sqnr_db(ValueStats(0.0, 0.0, rms=0.0), 1.0) == math.inf
+
+
+def test_short_grids_take_16_bits_and_the_rest_keep_the_recipe():
+    plain_module, _ = quantized(",min_sqnr=0")
+    module, ctx = quantized(",min_sqnr=30")
+    stats, plain, mixed = ctx.data[STATS_KEY], specs(plain_module), specs(module)
+    widened = ctx.data["quantize"]["widened"]
+    assert widened and "blk1.ffn_hidden" in widened  # the FFN-down input the norm outlier feeds
+    for name, spec in mixed.items():
+        if name in widened:
+            assert plain[name].bits == 8 and spec.bits == 16 and spec.zero_point == (0,)
+            assert grid_sqnr_db(stats[name], plain[name].scale[0]) < 30
+        else:
+            assert spec == plain[name]
+            assert spec.bits == 16 or grid_sqnr_db(stats[name], spec.scale[0]) >= 30
+    # fewer rounding steps that coarse: the fake-quant logits move closer to float
+    x = tokens(4, seed=5)
+    ref = [qir.interpret(plain_module, *t)[0] for t in x]
+
+    def error(m):
+        fake = qir.Interpreter(m, "fake-quant")
+        return sum(float(np.square(fake.run(*t)[0] - r).sum()) for t, r in zip(x, ref))
+    assert error(module) < error(plain_module)
+
+
+def test_the_builtin_8_bit_recipes_use_20_db_and_zero_turns_it_off(tmp_path):
+    assert BUILTIN["w8a8"]["activations"]["min_sqnr"] == BUILTIN["w4a8"]["activations"]["min_sqnr"] == 20
+    assert "min_sqnr" not in BUILTIN["a16w8"]["activations"]
+    default, ctx = quantized()
+    at_20, ctx20 = quantized(",min_sqnr=20")
+    off, ctx0 = quantized(",min_sqnr=0")
+    assert ctx.data["quantize"]["widened"] == ctx20.data["quantize"]["widened"]
+    assert specs(default) == specs(at_20)
+    assert ctx0.data["quantize"]["widened"] == []
+    assert all(specs(off)[name].bits == 8 for name in ctx.data["quantize"]["widened"])
+    # a JSON recipe without the key keeps its bits
+    recipe = tmp_path / "plain.json"
+    recipe.write_text(json.dumps({"weights": {"bits": 8}, "activations": {"bits": 8}}))
+    module = tiny_llama(outlier=30.0)
+    ctx = PassContext(data={"calibration_inputs": tokens(8)})
+    PassManager(parse_pipeline(f"canonicalize,dce,calibrate{{histogram=false}},quantize{{recipe={recipe}}}")).run(
+        module, ctx)
+    assert ctx.data["quantize"]["widened"] == []
+
+
+def test_the_mixed_graph_runs_in_tflite_bit_exact():
+    from backends.tflite.emit import emit_tflite
+    from backends.tflite.legalize import legalize_tflite
+    from backends.tflite.reference import run_integer
+    from backends.tflite.runner import run_tflite
+    module, ctx = quantized(",min_sqnr=30")
+    assert len(ctx.data["quantize"]["widened"]) >= 2
+    legal = legalize_tflite(module)
+    x = tokens(1, seed=3)[0][0]
+    runtime = run_tflite(emit_tflite(legal), {"tokens": x})
+    ours = run_integer(legal, x)[0]
+    assert np.count_nonzero(runtime[legal.main.outputs[0].name] != ours) == 0
+
+
+def test_bad_options():
+    with pytest.raises(QirError, match="min_sqnr must be a number of dB ≥ 0 \\(0: off; -1: the recipe's\\), not -3"):
+        quantized(",min_sqnr=-3")
+    for bad in (-1, "20", True):
+        with pytest.raises(QirError, match="min_sqnr must be a number of dB ≥ 0"):
+            recipe_from_dict("bad", {"activations": {"bits": 8, "min_sqnr": bad}})
+    with pytest.raises(QirError, match="no root mean square"):
+        grid_sqnr_db(ValueStats(0.0, 1.0), 0.1)
