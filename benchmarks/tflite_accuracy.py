@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -47,8 +48,10 @@ def measure(model: str, recipe: str, observer: str, outdir: Path, args) -> dict:
     result.pop("embeddings", None)
     result.pop("sentences", None)
     size = (outdir / "model.tflite").stat().st_size
+    results = re.findall(r"^\s*%\S+ = .*!q<i(8|16) ", (outdir / "model.qir").read_text(), re.MULTILINE)
     return {"model": model, "recipe": recipe, "observer": observer, "compile_s": seconds,
-            "compile_rss_mb": rss, "tflite_mb": size / 2**20, **result}
+            "compile_rss_mb": rss, "tflite_mb": size / 2**20, "int8_results": results.count("8"),
+            "int16_results": results.count("16"), **result}
 
 
 def main() -> None:
@@ -73,7 +76,7 @@ def main() -> None:
                     console.print(f"[dim]{json.dumps(rows[-1])}[/]")  # each row as soon as it is measured
     table = Table(title="integer .tflite in LiteRT (XNNPACK, 2 threads) vs the float model", title_justify="left")
     for column in ("model", "recipe", "observer", "perplexity (float)", "KL", "top-1", "cosine mean / min",
-                   "compile s", "peak RSS MB", ".tflite MB"):
+                   "int16 / int8 results", "compile s", "peak RSS MB", ".tflite MB"):
         table.add_column(column, justify="left" if column in ("model", "recipe", "observer") else "right")
     for r in rows:
         lm = "perplexity" in r
@@ -81,6 +84,7 @@ def main() -> None:
                       f"{r['perplexity']:.3f} ({r['float_perplexity']:.3f})" if lm else "",
                       f"{r['kl_to_float']:.4f}" if lm else "", f"{r['top1_agreement']:.3f}" if lm else "",
                       "" if lm else f"{r['cosine_to_float_mean']:.5f} / {r['cosine_to_float_min']:.5f}",
+                      f"{r['int16_results']} / {r['int8_results']}",
                       f"{r['compile_s']:.1f}", f"{r['compile_rss_mb']:.0f}", f"{r['tflite_mb']:.1f}")
     console.print(table)
     console.print(load_footer(load_before))
