@@ -8,12 +8,13 @@ from qir.errors import QirError
 # `rtn-BITS`. A method's pipeline names the configuration as `@bits`. The built-in quantization
 # recipes use the minmax observer, so their calibration skips histograms (one pass over the data).
 BITS: dict[str, str] = {
-    "w8a8": "int8 weights per channel, int8 activations; residual stream, norm inputs and softmax in int16",
+    "w8a8": "int8 weights per channel, int8 activations; residual stream, norm inputs, softmax and any 8-bit "
+            "grid below 20 dB SQNR in int16",
     "a16w8": "int8 weights per channel, int16 activations",
-    "w4a8": "int4 weights per channel, int8 activations (wide tensors in int16)",
+    "w4a8": "int4 weights per channel, int8 activations (wide tensors and grids below 20 dB SQNR in int16)",
     "w4a16": "int4 weights per channel, int16 activations",
     "w4a8-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int8 "
-                 "activations (wide tensors in int16)",
+                 "activations (wide tensors and grids below 20 dB SQNR in int16)",
     "w4a16-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int16 "
                   "activations",
 }

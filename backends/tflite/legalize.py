@@ -162,8 +162,8 @@ def lower_linear(lz: Legalizer, op: Op) -> Value:
     if wspec is None or wspec.block_size is not None:
         raise QirError(f"tflite: weight @{w.name} needs a per-channel spec (TFLite FULLY_CONNECTED has no "
                        f"per-block weights), has {wspec}")
-    xv = lz.get(x)
-    dtype = xv.quant.storage
+    dtype = widest(op)  # an int16 result of an int8 input: the input is widened, the kernel runs 16x8
+    xv = lz.operand_in(x, dtype, op.results[0].name + ".x")
     scales = lz.src.weights.get(wspec.scale) if isinstance(wspec.scale, str) else np.asarray(wspec.scale)
     scales = np.broadcast_to(np.asarray(scales, np.float32).reshape(-1), (w.type.shape[0],))
     # values on a 4-bit grid run unchanged in the int8 kernel; only the file is larger
@@ -225,7 +225,7 @@ def lower_slice(lz: Legalizer, op: Op) -> Value:
 
 
 def lower_reduce_mean(lz: Legalizer, op: Op) -> Value:
-    x = lz.get(op.operands[0])
+    x = lz.operand_in(op.operands[0], widest(op), op.results[0].name + ".x")
     if tuple(op.attrs["axes"]) not in ((-1,), (x.type.rank - 1,)) or not op.attrs["keepdims"]:
         raise QirError(f"tflite: q.reduce_mean %{op.results[0].name} is lowered over the last axis with "
                        f"keepdims = true only, has axes {list(op.attrs['axes'])}")
@@ -233,7 +233,7 @@ def lower_reduce_mean(lz: Legalizer, op: Op) -> Value:
 
 
 def lower_rsqrt(lz: Legalizer, op: Op) -> Value:
-    x = lz.get(op.operands[0])
+    x = lz.operand_in(op.operands[0], widest(op), op.results[0].name + ".x")
     return lz.emit("tfl.rsqrt", [x], op.results[0], x.type.dtype)
 
 
@@ -294,21 +294,21 @@ def zero_masked_probabilities(lz: Legalizer, op: Op, y: Value) -> Value:
 
 def lower_silu(lz: Legalizer, op: Op) -> Value:
     """x * sigmoid(x): LOGISTIC (fixed output spec) then MUL."""
-    x = lz.get(op.operands[0])
-    dtype = x.type.dtype
+    dtype = widest(op)
+    x = lz.operand_in(op.operands[0], dtype, op.results[0].name + ".x")
     gate = append_tfl(lz.b, "tfl.logistic", x, quant=LOGISTIC_OUTPUT[dtype], name=op.results[0].name + ".sigmoid")
     return lz.emit("tfl.mul", [x, gate], op.results[0], dtype)
 
 
 def lower_sigmoid(lz: Legalizer, op: Op) -> Value:
-    x = lz.get(op.operands[0])
+    x = lz.operand_in(op.operands[0], widest(op), op.results[0].name + ".x")
     y = append_tfl(lz.b, "tfl.logistic", x, quant=LOGISTIC_OUTPUT[x.type.dtype], name=op.results[0].name)
     return lz.convert(y, need_spec(op.results[0]), op.results[0].name + ".cvt")
 
 
 def lower_table_activation(lz: Legalizer, op: Op) -> Value:
-    """tanh and gelu: table kernels with a free output spec, run in the input's width."""
-    x = lz.get(op.operands[0])
+    """tanh and gelu: table kernels with a free output spec, run in the wider of input and result."""
+    x = lz.operand_in(op.operands[0], widest(op), op.results[0].name + ".x")
     options = {"approximate": op.attrs["approximate"] == "tanh"} if op.name == "q.gelu" else {}
     return lz.emit("tfl." + op.name[2:], [x], op.results[0], x.type.dtype, **options)
 
@@ -351,7 +351,7 @@ def lower_rope(lz: Legalizer, op: Op) -> Value:
     """x·cos + rotate(x)·sin with rotate as slices and a concatenation (pure data movement, so it
     keeps x's spec); the sign of rotate's negated half moves into a constant signed sine table.
     |x·cos| and |rotate(x)·sin| never exceed |x|, so both products take x's spec."""
-    x = lz.get(op.operands[0])
+    x = lz.operand_in(op.operands[0], widest(op), op.results[0].name + ".x")
     dtype, name = x.type.dtype, op.results[0].name
     cos = lz.src.weights.get(op.operands[1].name).astype(np.float32)
     sin = lz.src.weights.get(op.operands[2].name).astype(np.float32)

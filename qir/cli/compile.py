@@ -121,7 +121,7 @@ def body(argv) -> int:
         table.add_row(f"pass {name}", f"{seconds:.3f} s{'' if modified else ' (no change)'}")
     widened = ctx.data.get("quantize", {}).get("widened", [])
     if widened:
-        table.add_row("int16 for a short 8-bit grid (min_sqnr)", f"{len(widened):,} activations")
+        table.add_row("widened to int16 (min_sqnr)", f"{len(widened):,} activations")
     table.add_row("total", f"{total:.2f} s")
     table.add_row("wrote", ", ".join(written))
     out.print(table)

@@ -84,18 +84,42 @@ def test_the_builtin_8_bit_recipes_use_20_db_and_zero_turns_it_off(tmp_path):
     assert ctx.data["quantize"]["widened"] == []
 
 
-def test_the_mixed_graph_runs_in_tflite_bit_exact():
+def tflite_keeps_the_widths(module, widened, inputs: dict) -> None:
+    """Each widened value is computed in int16 in the TFLite graph (not in int8 and converted after,
+    which would throw the widening away), and LiteRT runs the graph bit-exact with qir's rules."""
     from backends.tflite.emit import emit_tflite
     from backends.tflite.legalize import legalize_tflite
     from backends.tflite.reference import run_integer
     from backends.tflite.runner import run_tflite
-    module, ctx = quantized(",min_sqnr=30")
-    assert len(ctx.data["quantize"]["widened"]) >= 2
     legal = legalize_tflite(module)
-    x = tokens(1, seed=3)[0][0]
-    runtime = run_tflite(emit_tflite(legal), {"tokens": x})
-    ours = run_integer(legal, x)[0]
-    assert np.count_nonzero(runtime[legal.main.outputs[0].name] != ours) == 0
+    produced = {r.name: r for op in legal.main.ops for r in op.results}
+    narrow = [name for name in widened if produced[name].type.dtype != "i16"]
+    assert not narrow, f"computed in 8 bits, then widened: {narrow}"
+    runtime = run_tflite(emit_tflite(legal), inputs)
+    ours = run_integer(legal, *inputs.values())
+    for value, expected in zip(legal.main.outputs, ours):
+        assert np.count_nonzero(runtime[value.name] != expected) == 0
+
+
+@pytest.mark.parametrize("least", [30, 45])
+def test_the_mixed_llama_runs_in_tflite_bit_exact(least):
+    module, ctx = quantized(f",min_sqnr={least}")
+    widened = ctx.data["quantize"]["widened"]
+    if least == 45:  # linears, silu, rope and matmuls with int8 inputs and an int16 result
+        assert {"blk0.q", "blk0.gate_act", "blk0.q_rope", "blk0.scores"} <= set(widened)
+    tflite_keeps_the_widths(module, widened, {"tokens": tokens(1, seed=3)[0][0]})
+
+
+def test_the_mixed_encoder_runs_in_tflite_bit_exact():
+    from tests.backends.tflite.test_legalize_encoder import encoder_without_norms, padded_batch
+    module = encoder_without_norms()
+    ids, mask = padded_batch(1, (12, 10, 8, 6, 4, 3, 2, 1))
+    ctx = PassContext(data={"calibration_inputs": [(ids[i:i + 1], mask[i:i + 1]) for i in range(len(ids))]})
+    PassManager(parse_pipeline("calibrate,quantize{recipe=w8a8,min_sqnr=45}")).run(module, ctx)
+    widened = ctx.data["quantize"]["widened"]
+    assert any(name.endswith("ffn_act") for name in widened)  # gelu's table runs in int16
+    ids, mask = padded_batch(7)
+    tflite_keeps_the_widths(module, widened, {"input_ids": ids[:1], "attention_mask": mask[:1]})
 
 
 def test_bad_options():
