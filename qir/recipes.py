@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from qir.errors import QirError
+from qir.quant_recipe import MIN_SQNR_DB
 
 # Bit configurations (quantization recipes of qir/quant_recipe.py) and the methods that prepare a
 # model before it is quantized. A recipe name is METHOD-BITS (`quarot-w8a8`); BITS alone is
@@ -9,12 +10,12 @@ from qir.errors import QirError
 # recipes use the minmax observer, so their calibration skips histograms (one pass over the data).
 BITS: dict[str, str] = {
     "w8a8": "int8 weights per channel, int8 activations; residual stream, norm inputs, softmax and any 8-bit "
-            "grid below 20 dB SQNR in int16",
+            f"grid below {MIN_SQNR_DB:g} dB SQNR in int16",
     "a16w8": "int8 weights per channel, int16 activations",
-    "w4a8": "int4 weights per channel, int8 activations (wide tensors and grids below 20 dB SQNR in int16)",
+    "w4a8": f"int4 weights per channel, int8 activations (wide tensors and grids below {MIN_SQNR_DB:g} dB SQNR in int16)",
     "w4a16": "int4 weights per channel, int16 activations",
     "w4a8-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int8 "
-                 "activations (wide tensors and grids below 20 dB SQNR in int16)",
+                 f"activations (wide tensors and grids below {MIN_SQNR_DB:g} dB SQNR in int16)",
     "w4a16-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int16 "
                   "activations",
 }
