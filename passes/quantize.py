@@ -82,7 +82,7 @@ class Quantize(Pass):
         return PassResult(modified=True)
 
     def _quantize_weight(self, module, recipe, name):
-        settings = recipe.settings_for("weights", name)
+        settings = weight_settings(module, recipe, name)
         if settings is None:
             return
         data = module.weights.get(name)
@@ -152,6 +152,15 @@ def bias_scales(module: Module, x, w, b) -> np.ndarray:
     w_scales = module.weights.get(w.quant.scale) if isinstance(w.quant.scale, str) else np.asarray(w.quant.scale)
     w_scales = np.broadcast_to(w_scales.reshape(-1), b.type.shape[:1])  # a per-tensor weight: one for all
     return (np.float32(x.quant.scale[0]) * w_scales.astype(np.float32)).astype(np.float32)
+
+
+def weight_settings(module: Module, recipe, name: str) -> dict | None:
+    """A weight's settings in `recipe`; an override may pick it by the op reading it ("consumer")
+    or by that op's result ("feeds": "logits" is the output head)."""
+    users = [op for func in module.functions.values() if name in func.used_constants()
+             for op, _ in func.constant(name).uses]
+    return recipe.settings_for("weights", name, None, tuple(op.name for op in users),
+                               tuple(r.name for op in users for r in op.results))
 
 
 def constant_roles(module: Module) -> dict[str, str]:

@@ -32,6 +32,8 @@ from qir.evaluate import progress_bar
 from qir.quant_params import affine_params, lpbq_scales
 from qir.quant_recipe import load_recipe
 
+from passes.quantize import weight_settings
+
 RESULT_KEY = "smooth"  # ctx.data entry: {pair name: {"alpha": float | None, "error": ..., "error_unsmoothed": ...}}
 NORMS = ("q.rms_norm", "q.layer_norm")
 FLOOR = 1e-5  # smallest max|X_j| or max|W_j| entering s (a dead channel keeps s = 1)
@@ -279,7 +281,7 @@ class Smooth(Pass):
             act = recipe.settings_for("activations", pair.activation.name, pair.activation.producer.name,
                                       tuple(op.name for op, _ in pair.activation.uses),
                                       tuple(r.name for op, _ in pair.activation.uses for r in op.results))
-            wsets = [recipe.settings_for("weights", lin.operands[1].name) for lin in pair.linears]
+            wsets = [weight_settings(module, recipe, lin.operands[1].name) for lin in pair.linears]
             reference = [x @ w.T for w in weights]
             errors = {None: self._error(x, lo, hi, weights, reference, np.ones(size), pair.channels, act, wsets)}
             for a in np.linspace(0.0, 1.0, self.steps + 1):

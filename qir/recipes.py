@@ -12,12 +12,14 @@ BITS: dict[str, str] = {
     "w8a8": "int8 weights per channel, int8 activations; residual stream, norm inputs, softmax and any 8-bit "
             f"grid below {MIN_SQNR_DB:g} dB SQNR in int16",
     "a16w8": "int8 weights per channel, int16 activations",
-    "w4a8": f"int4 weights per channel, int8 activations (wide tensors and grids below {MIN_SQNR_DB:g} dB SQNR in int16)",
-    "w4a16": "int4 weights per channel, int16 activations",
-    "w4a8-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int8 "
-                 f"activations (wide tensors and grids below {MIN_SQNR_DB:g} dB SQNR in int16)",
-    "w4a16-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block), int16 "
-                  "activations",
+    "w4a8": "int4 weights per channel (the output head int8), int8 activations (wide tensors and grids below "
+            f"{MIN_SQNR_DB:g} dB SQNR in int16)",
+    "w4a16": "int4 weights per channel (the output head int8), int16 activations",
+    "w4a8-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block; the output "
+                 f"head int8 per channel), int8 activations (wide tensors and grids below {MIN_SQNR_DB:g} dB SQNR "
+                 "in int16)",
+    "w4a16-lpbq": "int4 weights in blocks of 64 with LPBQ scales (float per channel x 1..16 per block; the output "
+                  "head int8 per channel), int16 activations",
 }
 # methods whose learning passes do not transform LPBQ weights yet: no METHOD-w4a*-lpbq recipe
 LEARNING_METHODS = ("mobilequant", "quantnpu")

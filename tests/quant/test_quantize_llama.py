@@ -188,3 +188,21 @@ def test_quantize_observer_option(folder):
     assert sum(x < y for x, y in zip(scales(a), scales(b))) > 0  # percentile clips some ranges
     with pytest.raises(QirError, match="unknown observer 'kl'"):
         quantized(folder, "a16w8", "canonicalize,dce,calibrate,quantize{{recipe={},observer=kl}}")
+
+
+@pytest.mark.parametrize("recipe", ["w4a8", "w4a16"])
+def test_4bit_configurations_keep_the_output_head_int8(folder, recipe):
+    module = quantized(folder, recipe)
+    head = module.constants["output"].quant  # picked by {"feeds": "logits"}, not by its name
+    assert (head.bits, head.scheme, head.block_size) == (8, "per-channel", None)
+    assert module.constants["token_embd"].quant.bits == 4  # untied: the embedding table is not the head
+    assert {module.constants[f"blk.{i}.{w}"].quant.bits for i in range(2) for w in ("attn_q", "ffn_down")} == {4}
+
+
+def test_weights_selected_by_the_op_reading_them(folder, tmp_path):
+    path = tmp_path / "gather8.json"  # block null: this weight is per channel although the default has blocks
+    path.write_text(json.dumps({"weights": {"bits": 4, "block": 16}, "activations": {"bits": 16},
+                                "overrides": [{"consumer": "q.gather", "weights": {"bits": 8, "block": None}}]}))
+    module = quantized(folder, str(path))
+    table, down = module.constants["token_embd"].quant, module.constants["blk.0.ffn_down"].quant
+    assert (table.bits, table.scheme) == (8, "per-channel") and (down.bits, down.scheme) == (4, "per-block")

@@ -116,3 +116,12 @@ def test_int16_activations_cannot_have_a_zero_point():
 def test_every_builtin_is_valid_json():
     for name, data in BUILTIN.items():
         assert recipe_from_dict(name, json.loads(json.dumps(data))).name == name
+
+
+@pytest.mark.parametrize("name", ["w4a8", "w4a16", "w4a8-lpbq", "w4a16-lpbq"])
+def test_4bit_builtins_keep_the_output_head_int8_per_channel(name):
+    recipe = load_recipe(name)
+    head = recipe.settings_for("weights", "output", None, ("q.linear",), ("logits",))
+    body = recipe.settings_for("weights", "blk.0.ffn_down", None, ("q.linear",), ("blk.0.ffn_out",))
+    assert (head["bits"], head.get("scheme", "per-channel"), head.get("block")) == (8, "per-channel", None)
+    assert body["bits"] == 4 and body.get("block") == (64 if name.endswith("lpbq") else None)
