@@ -64,10 +64,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--keep", type=Path, help="write each compiled model to KEEP/MODEL-RECIPE-OBSERVER "
+                                                  "(e.g. to emit it for another backend) instead of a temporary folder")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.keep or tmp
         for model in args.models.split(","):
             for recipe in args.recipes.split(","):
                 for observer in args.observers.split(","):
