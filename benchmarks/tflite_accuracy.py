@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from child_process import run_child  # noqa: E402
 from machine_load import load_footer  # noqa: E402
+from qir.parser import parse_file  # noqa: E402
+from qir.summary import activation_bits  # noqa: E402
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 BIN = Path(sys.executable).parent
@@ -48,10 +49,10 @@ def measure(model: str, recipe: str, observer: str, outdir: Path, args) -> dict:
     result.pop("embeddings", None)
     result.pop("sentences", None)
     size = (outdir / "model.tflite").stat().st_size
-    results = re.findall(r"^\s*%\S+ = .*!q<i(8|16) ", (outdir / "model.qir").read_text(), re.MULTILINE)
+    bits = activation_bits(parse_file(outdir / "model.qir"))
     return {"model": model, "recipe": recipe, "observer": observer, "compile_s": seconds,
-            "compile_rss_mb": rss, "tflite_mb": size / 2**20, "int8_results": results.count("8"),
-            "int16_results": results.count("16"), **result}
+            "compile_rss_mb": rss, "tflite_mb": size / 2**20, "int8_results": bits[8],
+            "int16_results": bits[16], **result}
 
 
 def main() -> None:
