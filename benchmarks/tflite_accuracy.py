@@ -76,13 +76,20 @@ def main() -> None:
             for recipe in args.recipes.split(","):
                 for observer in args.observers.split(","):
                     console.print(f"[dim]{model} {recipe} {observer} ...[/]")
-                    rows.append(measure(model, recipe, observer, Path(tmp) / f"{model}-{recipe}-{observer}", args))
+                    try:
+                        rows.append(measure(model, recipe, observer, Path(tmp) / f"{model}-{recipe}-{observer}", args))
+                    except SystemExit as failed:  # a recipe that does not apply (quarot on a LayerNorm model)
+                        rows.append({"model": model, "recipe": recipe, "observer": observer,
+                                     "error": str(failed).strip().splitlines()[-1]})
                     console.print(f"[dim]{json.dumps(rows[-1])}[/]")  # each row as soon as it is measured
     table = Table(title="integer .tflite in LiteRT (XNNPACK, 2 threads) vs the float model", title_justify="left")
     for column in ("model", "recipe", "observer", "perplexity (float)", "KL", "top-1", "cosine mean / min",
                    "int16 / int8 results", "compile s", "peak RSS MB", ".tflite MB"):
         table.add_column(column, justify="left" if column in ("model", "recipe", "observer") else "right")
     for r in rows:
+        if "error" in r:
+            table.add_row(r["model"], r["recipe"], r["observer"], "[red]failed (below)[/]")
+            continue
         lm = "perplexity" in r
         table.add_row(r["model"], r["recipe"], r["observer"],
                       f"{r['perplexity']:.3f} ({r['float_perplexity']:.3f})" if lm else "",
@@ -91,6 +98,9 @@ def main() -> None:
                       f"{r['int16_results']} / {r['int8_results']}",
                       f"{r['compile_s']:.1f}", f"{r['compile_rss_mb']:.0f}", f"{r['tflite_mb']:.1f}")
     console.print(table)
+    for r in rows:
+        if "error" in r:
+            console.print(f"[red]{r['model']} {r['recipe']}:[/] {r['error']}")
     console.print(load_footer(load_before))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
