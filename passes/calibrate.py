@@ -1,5 +1,6 @@
-"""calibrate: run the float model over calibration inputs and record each value's range and
-root mean square (and, for the percentile and MSE observers, a histogram over that range)."""
+"""calibrate: run the float model over calibration inputs and record each value's range, its root
+mean square and its median token's root mean square (and, for the percentile and MSE observers, a
+histogram over that range)."""
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -29,8 +30,9 @@ class Calibrate(Pass):
                            f"tokenizer; from Python, set ctx.data['{INPUTS_KEY}'] to a list of input tuples")
         inputs = inputs[:self.samples] if self.samples > 0 else inputs
         interpreter = Interpreter(module)
-        ranges, mean_squares = self._ranges(interpreter, inputs)
-        stats = {name: ValueStats(lo, hi, rms=float(np.sqrt(mean_squares[name] / len(inputs))))
+        ranges, mean_squares, token_squares = self._ranges(interpreter, inputs)
+        stats = {name: ValueStats(lo, hi, rms=float(np.sqrt(mean_squares[name] / len(inputs))),
+                                  token_rms=float(np.sqrt(token_squares[name] / len(inputs))))
                  for name, (lo, hi) in ranges.items()}
         if self.histogram:
             for name, hist in self._histograms(interpreter, inputs, ranges).items():
@@ -38,26 +40,31 @@ class Calibrate(Pass):
         ctx.data[STATS_KEY] = stats
         return PassResult(modified=False)
 
-    def _ranges(self, interpreter, inputs) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
-        """Each value's (min, max) over all inputs, and the sum over inputs of its mean square."""
+    def _ranges(self, interpreter, inputs) -> tuple[dict[str, tuple[float, float]], dict[str, float],
+                                                    dict[str, float]]:
+        """Each value's (min, max) over all inputs, and the sums over inputs of its mean square and
+        of its median token's mean square (a token: a row along the last axis)."""
         ranges: dict[str, tuple[float, float]] = {}
         mean_squares: dict[str, float] = {}
+        token_squares: dict[str, float] = {}
 
         def observe(name, x):
             x = x.astype(jnp.float32)
-            return jnp.stack([x.min(), x.max(), jnp.mean(jnp.square(x))])
+            squares = jnp.square(x).reshape(-1, x.shape[-1]) if x.ndim else jnp.square(x).reshape(1, 1)
+            return jnp.stack([x.min(), x.max(), jnp.mean(squares), jnp.median(squares.mean(axis=1))])
 
         with progress_bar() as bar:
             task = bar.add_task("calibrate: ranges", total=len(inputs), status="")
             for sample in inputs:
                 _, observed = interpreter.run_observed(*sample, key="minmax-rms", observe=observe)
-                for name, triple in observed.items():
-                    lo, hi, mean_square = (float(v) for v in np.asarray(triple))
+                for name, observed_stats in observed.items():
+                    lo, hi, mean_square, token_square = (float(v) for v in np.asarray(observed_stats))
                     old = ranges.get(name, (lo, hi))
                     ranges[name] = (min(old[0], lo), max(old[1], hi))
                     mean_squares[name] = mean_squares.get(name, 0.0) + mean_square
+                    token_squares[name] = token_squares.get(name, 0.0) + token_square
                 bar.update(task, advance=1)
-        return ranges, mean_squares
+        return ranges, mean_squares, token_squares
 
     def _histograms(self, interpreter, inputs, ranges) -> dict[str, np.ndarray]:
         bins = self.bins

@@ -12,16 +12,18 @@ OBSERVERS = ("minmax", "percentile", "mse")
 
 @dataclass
 class ValueStats:
-    """Range and root mean square of one value over the calibration set, plus a histogram over
-    [min, max] if gathered."""
+    """Range and root mean square of one value over the calibration set, the root mean square of
+    its median token (row along the last axis), plus a histogram over [min, max] if gathered."""
 
     min: float
     max: float
     hist: np.ndarray | None = None
     rms: float | None = None
+    token_rms: float | None = None
 
     def to_json(self) -> dict:
         return {"min": self.min, "max": self.max, **({"rms": self.rms} if self.rms is not None else {}),
+                **({"token_rms": self.token_rms} if self.token_rms is not None else {}),
                 **({"hist": self.hist.astype(int).tolist()} if self.hist is not None else {})}
 
 

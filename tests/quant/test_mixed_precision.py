@@ -31,14 +31,38 @@ def specs(module) -> dict:
     return {r.name: r.quant for op in module.main.ops for r in op.results if r.quant is not None}
 
 
+def sqnr_db(x: np.ndarray, scale: float, zero: int, qmin: int, qmax: int) -> float:
+    rounded = (np.clip(np.round(x / scale) + zero, qmin, qmax) - zero) * scale
+    return 10 * math.log10(np.mean(x * x) / np.mean((x - rounded) ** 2))
+
+
 def test_predicted_sqnr_matches_measured_rounding_noise():
     x = np.random.default_rng(0).uniform(-1.0, 3.0, 200_000)
-    stats = ValueStats(float(x.min()), float(x.max()), rms=float(np.sqrt(np.mean(x * x))))
+    rms = float(np.sqrt(np.mean(x * x)))
+    stats = ValueStats(float(x.min()), float(x.max()), rms=rms, token_rms=rms)
     scale, zero, qmin, qmax = affine_params(stats.min, stats.max, 8, False)
-    rounded = (np.clip(np.round(x / scale) + zero, qmin, qmax) - zero) * scale
-    measured = 10 * math.log10(np.mean(x * x) / np.mean((x - rounded) ** 2))
-    assert abs(grid_sqnr_db(stats, scale) - measured) < 0.1
-    assert grid_sqnr_db(ValueStats(0.0, 0.0, rms=0.0), 1.0) == math.inf
+    assert abs(grid_sqnr_db(stats, scale) - sqnr_db(x, scale, zero, qmin, qmax)) < 0.1
+    assert grid_sqnr_db(ValueStats(0.0, 0.0, rms=0.0, token_rms=0.0), 1.0) == math.inf
+
+
+def test_the_sqnr_is_the_median_tokens_which_massive_tokens_cannot_hide():
+    """Two tokens of 64 carry values 30x the rest (SmolLM2's FFN outputs at its massive-activation
+    tokens): the whole tensor's SQNR looks fine, the typical token's is what the grid leaves it."""
+    x = np.random.default_rng(1).normal(0.0, 1.0, (1, 64, 512)).astype(np.float32)
+    x[0, :2] *= 30.0
+    module = qir.parse("module @m\nfunc @main(%x: f32[1,64,512]) -> f32[1,64,512] {\n"
+                       "  %y = q.mul %x, %x : f32[1,64,512]\n  return %x\n}\n")
+    ctx = PassContext(data={"calibration_inputs": [(x,)]})
+    PassManager(parse_pipeline("calibrate{histogram=false}")).run(module, ctx)
+    stats = ctx.data[STATS_KEY]["x"]
+    rows = np.sqrt(np.mean(np.square(x[0], dtype=np.float64), axis=1))
+    assert stats.token_rms == pytest.approx(np.median(rows), rel=1e-3)  # the median of 64 tokens' RMS
+    assert stats.rms == pytest.approx(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), rel=1e-4)
+    scale, zero, qmin, qmax = affine_params(stats.min, stats.max, 8, False)
+    typical = sqnr_db(x[0, 2:], scale, zero, qmin, qmax)
+    whole = sqnr_db(x, scale, zero, qmin, qmax)
+    assert abs(grid_sqnr_db(stats, scale) - typical) < 0.5
+    assert whole - typical > 10  # the tensor-wide figure would have kept this grid at any sane threshold
 
 
 def test_short_grids_take_16_bits_and_the_rest_keep_the_recipe():
@@ -128,5 +152,5 @@ def test_bad_options():
     for bad in (-1, "20", True):
         with pytest.raises(QirError, match="min_sqnr must be a number of dB ≥ 0"):
             recipe_from_dict("bad", {"activations": {"bits": 8, "min_sqnr": bad}})
-    with pytest.raises(QirError, match="no root mean square"):
+    with pytest.raises(QirError, match="no per-token root mean square; run calibrate again"):
         grid_sqnr_db(ValueStats(0.0, 1.0), 0.1)
