@@ -15,6 +15,7 @@ from passes.calibrate import STATS_KEY
 # op name -> operand index holding a weight (quantized per output channel, axis 0)
 WEIGHT_OPERANDS = {"q.linear": 1, "q.conv2d": 1, "q.gather": 0}
 BIAS_OPERANDS = {"q.linear": 2, "q.conv2d": 2}
+VIEWS = ("q.reshape", "q.transpose")  # move data only: same values, same grid
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,13 @@ class Quantize(Pass):
                 self._quantize_constant(module, recipe, name)
         for func in module.functions.values():
             producers = [(arg, None) for arg in func.args] + [(r, op) for op in func.ops for r in op.results]
+            # a view is measured as the value it views: its rows (tokens) differ, its grid does not,
+            # and a view wider or narrower than its source would need a requantization
+            measured_as: dict[str, str] = {}
             for value, producer in producers:
+                if producer is not None and producer.name in VIEWS and not producer.operands[0].is_constant:
+                    source = producer.operands[0].name
+                    measured_as[value.name] = measured_as.get(source, source)
                 if value.type.is_float:
                     consumers = tuple(user.name for user, _ in value.uses)
                     feeds = tuple(r.name for user, _ in value.uses for r in user.results)
@@ -71,7 +78,8 @@ class Quantize(Pass):
                         value.quant = activation_spec(stats, value.name, settings)
                         least = self.min_sqnr if self.min_sqnr >= 0 else settings.get("min_sqnr", 0)
                         if least and value.quant.bits < 16 and \
-                                grid_sqnr_db(stats[value.name], value.quant.scale[0]) < least:
+                                grid_sqnr_db(stats[measured_as.get(value.name, value.name)],
+                                             value.quant.scale[0]) < least:
                             value.quant = activation_spec(stats, value.name, {"bits": 16, "observer": "minmax"})
                             widened.append(value.name)
         for func in module.functions.values():

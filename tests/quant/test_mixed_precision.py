@@ -154,3 +154,14 @@ def test_bad_options():
             recipe_from_dict("bad", {"activations": {"bits": 8, "min_sqnr": bad}})
     with pytest.raises(QirError, match="no per-token root mean square; run calibrate again"):
         grid_sqnr_db(ValueStats(0.0, 1.0), 0.1)
+
+
+def test_views_keep_their_sources_width():
+    """A reshape's rows differ from its source's (per head instead of per token), so its median token
+    does too; it must still take its source's decision, or HTP meets an int8 -> int16 reshape
+    (which the simulator ran 166 LSB off)."""
+    module, ctx = quantized(",min_sqnr=42")
+    assert ctx.data["quantize"]["widened"]
+    for op in module.main.ops:
+        if op.name in ("q.reshape", "q.transpose") and op.operands[0].quant is not None:
+            assert op.result.quant.bits == op.operands[0].quant.bits, op.result.name
