@@ -31,10 +31,10 @@ from qir.segmented import SegmentedGradient, upstream
 from qir.learning import (LearnPlan, Transform, build_model, cayley, fold, materialize, spec_overrides,
                           start_factors)
 
+from passes.quantize import VIEWS  # integer runtimes keep a view's input quant params
 from passes.smooth import SmoothPair, constant_use_counts, find_pairs, linear_readers
 
 RESULT_KEY = "learn"  # ctx.data entry: losses and counts
-MOVES = ("q.reshape", "q.transpose")  # pure data movement: integer runtimes keep the input's quant params
 
 
 # -- what is learned ---------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def shared_params(ops: list[Op]):
         return name
 
     for op in ops:
-        linked = op.operands[:1] if op.name in MOVES else op.operands if op.name == "q.concat" else []
+        linked = op.operands[:1] if op.name in VIEWS else op.operands if op.name == "q.concat" else []
         for source in linked:
             if not source.is_constant and source.quant is not None and source.quant == op.result.quant:
                 a, b = find(source.name), find(op.result.name)

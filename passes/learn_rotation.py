@@ -29,8 +29,8 @@ from qir.stats import observed_range
 from qir.quant_params import affine_params
 
 from passes.calibrate import STATS_KEY, Calibrate
-from passes.quantize import activation_spec, bias_scales
-from passes.learn import MOVES, loss_target, make_plan, train, training_inputs
+from passes.quantize import VIEWS, activation_spec, bias_scales
+from passes.learn import loss_target, make_plan, train, training_inputs
 
 RESULT_KEY = "learn-rotation"
 
@@ -63,7 +63,7 @@ def rotated_inputs(func: Function, rotated: dict[str, tuple[tuple, tuple]]) -> s
             x = op.operands[0]
             while True:
                 names.add(x.name)
-                if x.producer is None or x.producer.name not in MOVES:
+                if x.producer is None or x.producer.name not in VIEWS:
                     break
                 x = x.producer.operands[0]
     return names
@@ -125,7 +125,7 @@ def share_specs(func: Function) -> None:
     """Re-tie values that pass their input's quant params through (reshape/transpose) after the
     initialisation changed some of them."""
     for op in func.ops:
-        if op.name in MOVES and not op.operands[0].is_constant and op.operands[0].quant is not None \
+        if op.name in VIEWS and not op.operands[0].is_constant and op.operands[0].quant is not None \
                 and op.result.quant is not None and op.result.quant.bits == op.operands[0].quant.bits:
             op.result.quant = op.operands[0].quant
 
