@@ -144,6 +144,7 @@ class LearnRotation(Pass):
     init: bool = True          # stage 0: MSE ranges for rotated activations of ≤ 8 bits
     dynamic: bool = False      # stage 1: activations take their own ranges (times their clip ratio) on each input
     schedule: str = "cosine"
+    max_grad_ratio: float = 4.0  # gradient norms of ranges and clips clipped (as learn)
 
     def requires(self, module: Module) -> None:
         if not module.is_quantized():
@@ -151,11 +152,12 @@ class LearnRotation(Pass):
         if self.schedule not in ("cosine", "constant"):
             raise QirError(f"learn-rotation: schedule must be 'cosine' or 'constant', got '{self.schedule}'")
         if self.rotation_epochs < 0 or self.param_epochs < 0 or self.samples < 0 or \
-                min(self.rotation_lr, self.lr, self.clip_lr) < 0:
-            raise QirError("learn-rotation: needs epochs >= 0, samples >= 0 and learning rates >= 0; got "
-                           f"rotation_epochs={self.rotation_epochs}, param_epochs={self.param_epochs}, "
-                           f"samples={self.samples}, rotation_lr={self.rotation_lr}, lr={self.lr}, "
-                           f"clip_lr={self.clip_lr}")
+                min(self.rotation_lr, self.lr, self.clip_lr) < 0 or self.max_grad_ratio < 1:
+            raise QirError("learn-rotation: needs epochs >= 0, samples >= 0, learning rates >= 0 and "
+                           f"max_grad_ratio >= 1; got rotation_epochs={self.rotation_epochs}, "
+                           f"param_epochs={self.param_epochs}, samples={self.samples}, "
+                           f"rotation_lr={self.rotation_lr}, lr={self.lr}, clip_lr={self.clip_lr}, "
+                           f"max_grad_ratio={self.max_grad_ratio}")
 
     def run(self, module: Module, ctx: PassContext) -> PassResult:
         record = ctx.data.get("rotate")
@@ -186,7 +188,7 @@ class LearnRotation(Pass):
             dynamic = clip_ratios(func, stats) if self.dynamic else {}
             plan = replace(plan, dynamic=dynamic)
             report["rotations"] = train(module, ctx, plan, target, inputs, rates, self.rotation_epochs,
-                                        self.schedule, f"{self.name}-rotations")
+                                        self.schedule, f"{self.name}-rotations", self.max_grad_ratio)
             if dynamic:  # the static ranges of the rotated module, observed anew
                 recalibrate(module, ctx, dynamic, group, self.init)
                 report["recalibrated"] = len(dynamic)
@@ -198,6 +200,6 @@ class LearnRotation(Pass):
                                tie={k: v for k, v in plan.tie.items() if v in chosen},
                                clipped={k: v for k, v in plan.clipped.items() if k in rotated})
                 report[tag] = train(module, ctx, plan, target, inputs, rates, self.param_epochs, self.schedule,
-                                    f"{self.name}-{tag}")
+                                    f"{self.name}-{tag}", self.max_grad_ratio)
         ctx.data[RESULT_KEY] = report
         return PassResult(modified=True)

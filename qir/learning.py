@@ -125,6 +125,27 @@ def cayley(learning_rate, momentum: float = 0.9):
     return optax.GradientTransformation(init, update)
 
 
+def clip_to_running_norm(ratio: float, decay: float = 0.9):
+    """Clip the gradient's global norm to `ratio` times the running mean of the norms before it (an
+    optax transformation). Scale-free, so one setting suits every kind of parameter, whose typical
+    norms differ a hundredfold; the first gradient passes whole and starts the mean."""
+
+    def init(params):
+        del params
+        return {"mean": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)}
+
+    def update(grads, state, params=None):
+        del params
+        norm = optax.tree.norm(grads)
+        limit = jnp.where(state["count"] > 0, ratio * state["mean"], jnp.inf)
+        factor = jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-30))
+        kept = norm * factor
+        mean = jnp.where(state["count"] > 0, decay * state["mean"] + (1 - decay) * kept, kept)
+        return jax.tree.map(lambda g: g * factor.astype(g.dtype), grads), {"mean": mean, "count": state["count"] + 1}
+
+    return optax.GradientTransformation(init, update)
+
+
 @dataclass
 class Transform:
     """s folded across a pair: constants in `divide` take 1/s on their rows (axis 0), constants in

@@ -3,6 +3,7 @@ the folded module computes what the learned parameters did; the result verifies,
 and runs there bit-exact with qir's integer rules; golden folds; bad input."""
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from flax import nnx
 import qir
 from qir import PassContext, PassManager, QirError, parse_pipeline
 from qir.learning import fold, materialize, spec_overrides, build_model
-from passes.learn import loss_target, make_plan
+from passes.learn import loss_target, make_plan, optimizer
 from tests.passes.tiny_llama import tiny_llama as shared_tiny_llama
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -149,7 +150,7 @@ def test_learn_needs_a_quantized_module_and_calibration_inputs():
             (np.zeros((1, L + 1), np.int32),)]}))
 
 
-@pytest.mark.parametrize("options", ["epochs=0", "lr=-1", "samples=-2"])
+@pytest.mark.parametrize("options", ["epochs=0", "lr=-1", "samples=-2", "max_grad_ratio=0.5"])
 def test_bad_options(options):
     module, ctx = quantized()
     with pytest.raises(QirError, match="learn: needs epochs >= 1"):
@@ -200,6 +201,24 @@ def test_golden_fold_of_chosen_parameters():
     np.testing.assert_allclose(module.weights.get("b1.scale"), n_scale * w1_scale, rtol=1e-6)
     assert func.args[0].quant.scale[0] == pytest.approx(specs["x"].scale[0], rel=1e-7)  # log-scale 0 (in float32)
     assert func.ops[2].result.quant == specs["y"]  # outside the loss: not learned
+
+
+def test_one_outlier_gradient_does_not_stall_adam():
+    """After one gradient 10^4 times the others and opposed to them, the clipped adam is back to its
+    usual step within 20 steps; unclipped, the outlier steers adam's moments for the rest of the run."""
+    params = {"ranges": {"x": jnp.zeros(4)}, "clips": {"w": jnp.zeros(4)}}
+
+    def steps(max_grad_ratio):
+        tx = optimizer(params, {"ranges": 0.01, "clips": 0.01}, 100, "constant", max_grad_ratio)
+        state, out = tx.init(params), []
+        for g in [1e-2] * 20 + [-1e2] + [1e-2] * 20:
+            updates, state = tx.update(jax.tree_util.tree_map(lambda p: jnp.full_like(p, g), params), state, params)
+            out.append(float(updates["ranges"]["x"][0]))
+        return out
+
+    clipped, unclipped = steps(4.0), steps(1e12)
+    assert clipped[19] < 0 and clipped[-1] < 0 and abs(clipped[-1]) > 0.5 * abs(clipped[19])
+    assert unclipped[-1] > 0  # still stepping the outlier's way
 
 
 def test_a_diverging_rate_keeps_the_start():
