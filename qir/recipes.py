@@ -42,12 +42,28 @@ METHODS: dict[str, tuple[str, str]] = {
                  "Quant.npu: the quarot rotations learned further on the orthogonal manifold, then the quant "
                  "params per group (rotated tensors, then the rest), MSE ranges for rotated 8-bit tensors"),
 }
+# 4-bit weights are rounded by GPTQ in the methods that keep the weights' grids to themselves (as
+# QuaRot rounds its W4 weights); rtn and smoothquant stay round-to-nearest, as their names say.
+# SmolLM2 quarot-w4a8, fake-quant: perplexity 20.88 with gptq, see docs/accuracy-passes.md#gptq
+GPTQ_METHODS = ("quarot", "mobilequant", "quantnpu")
+
+
+def rounds_by_gptq(method: str, bits: str) -> bool:
+    return method in GPTQ_METHODS and bits.startswith("w4")
+
+
+def method_recipe(method: str, bits: str) -> tuple[str, str]:
+    """METHOD-BITS: (pipeline, what it is for)."""
+    pipeline, why = METHODS[method]
+    pipeline, why = pipeline.replace("@bits", bits), f"{why}; {BITS[bits]}"
+    return (pipeline + ",gptq", why + "; weights rounded by GPTQ") if rounds_by_gptq(method, bits) else (pipeline, why)
+
+
 RECIPES: dict[str, tuple[str, str]] = {
     # name: (pipeline, what it is for)
     "float": ("canonicalize,dce", "lower and clean up the float model; no quantization"),
     **{bits: (METHODS["rtn"][0].replace("@bits", bits), why) for bits, why in BITS.items()},
-    **{f"{method}-{bits}": (pipeline.replace("@bits", bits), f"{why}; {BITS[bits]}")
-       for method, (pipeline, why) in METHODS.items() for bits in BITS
+    **{f"{method}-{bits}": method_recipe(method, bits) for method in METHODS for bits in BITS
        if not (method in LEARNING_METHODS and bits.endswith("-lpbq"))},
 }
 DEFAULT_RECIPE = "float"

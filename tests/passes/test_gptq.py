@@ -1,0 +1,95 @@
+"""gptq: the two-column case against its closed form; identity moments give round-to-nearest; on a
+tiny llama at 4-bit weights the layer outputs and the held-out hidden state move less than with
+round-to-nearest, the weights stay on their grids, the graph keeps its ops and runs bit-exact in
+TFLite; bad input."""
+import numpy as np
+import pytest
+
+import qir
+from qir import PassContext, PassManager, QirError, parse_pipeline
+from passes.gptq import grid_round, gptq_round, output_error
+from tests.passes.test_learn import DECOMPOSED, hidden_error, quantized, tokens
+
+W4 = "canonicalize,dce,calibrate{histogram=false},quantize{recipe=w4a8}"
+
+
+def test_two_columns_match_the_closed_form():
+    """After rounding column 0, the best column 1 for inputs with moments H is w1 + (w0 - q0)·H01/H11."""
+    w = np.array([[0.37, 0.52], [-0.81, 0.13]], np.float32)
+    h = np.array([[2.0, 0.9], [0.9, 1.0]])
+    s = np.full(w.shape, 0.25, np.float32)
+    got = gptq_round(w, h, s, -8, 7, damp=1e-12, by_energy=False)
+    q0 = np.round(w[:, 0] / 0.25) * 0.25
+    moved = w[:, 1] + (w[:, 0] - q0) * 0.9 / 1.0
+    np.testing.assert_array_equal(got[:, 0], q0)
+    np.testing.assert_array_equal(got[:, 1], np.round(moved / 0.25) * 0.25)
+    assert not np.array_equal(got, grid_round(w, s, -8, 7))  # the move changed a rounding
+
+
+def test_uncorrelated_inputs_give_round_to_nearest():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 40)).astype(np.float32)
+    s = np.full(w.shape, 0.3, np.float32)
+    np.testing.assert_array_equal(gptq_round(w, np.diag(rng.uniform(1, 2, 40)), s, -8, 7, block=16),
+                                  grid_round(w, s, -8, 7))
+
+
+def test_blocks_change_speed_not_the_result():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(6, 50)).astype(np.float32)
+    x = rng.normal(size=(200, 50)) @ rng.normal(size=(50, 50))
+    s = np.full(w.shape, 0.4, np.float32)
+    one = gptq_round(w, x.T @ x, s, -8, 7, block=50)
+    assert np.array_equal(one, gptq_round(w, x.T @ x, s, -8, 7, block=7))
+    assert output_error(w, one, x.T @ x) < 0.8 * output_error(w, grid_round(w, s, -8, 7), x.T @ x)
+
+
+def test_gptq_lowers_the_error_at_4_bit_weights_and_keeps_the_grids():
+    module, ctx = quantized(W4, samples=16)
+    reference, _ = quantized(W4, samples=16)
+    held_out = tokens(8, seed=9)
+    ops_before = [op.name for op in module.main.ops]
+    specs_before = {n: c.quant for n, c in module.constants.items()}
+    PassManager(parse_pipeline("gptq")).run(module, ctx)  # verifies after the pass
+    report = ctx.data["gptq"]
+    assert report["weights"] == 15 and not report["skipped"] and report["samples"] == 16
+    assert report["output_error_gptq"] < 0.8 * report["output_error_nearest"], report
+    assert hidden_error(module, held_out) < 0.9 * hidden_error(reference, held_out)
+    assert [op.name for op in module.main.ops] == ops_before
+    assert {n: c.quant for n, c in module.constants.items()} == specs_before
+    fake = qir.Interpreter(module, "fake-quant")
+    for name in ("blk.0.attn_q", "blk.1.ffn_down"):
+        w = module.weights.get(name)
+        np.testing.assert_array_equal(np.asarray(fake.weights_for(module.main)[name]), w)  # exactly on the grid
+
+
+def test_the_result_runs_in_tflite_bit_exact():
+    from backends.tflite.emit import emit_tflite
+    from backends.tflite.legalize import legalize_tflite
+    from backends.tflite.reference import run_integer
+    from backends.tflite.runner import run_tflite
+    module, ctx = quantized(DECOMPOSED.replace("w8a8", "w4a8"))
+    PassManager(parse_pipeline("gptq")).run(module, ctx)
+    legal = legalize_tflite(module)
+    x = tokens(1, seed=3)[0][0]
+    runtime = run_tflite(emit_tflite(legal), {"tokens": x})
+    assert np.count_nonzero(runtime[legal.main.outputs[0].name] != run_integer(legal, x)[0]) == 0
+
+
+def test_bad_input():
+    module, ctx = quantized()
+    with pytest.raises(QirError, match="gptq: needs damp > 0"):
+        PassManager(parse_pipeline("gptq{damp=0}")).run(module, ctx)
+    float_module, _ = quantized("canonicalize")
+    with pytest.raises(QirError, match="gptq: the module is not quantized"):
+        PassManager(parse_pipeline("gptq")).run(float_module, ctx)
+    with pytest.raises(QirError, match="gptq needs calibration inputs"):
+        PassManager(parse_pipeline("gptq")).run(module, PassContext())
+
+
+def test_recipes_round_4_bit_weights_by_gptq_except_rtn_and_smoothquant():
+    from qir.recipes import recipe_pipeline
+    last = lambda name: [p.name for p in parse_pipeline(recipe_pipeline(name))][-1]  # noqa: E731
+    assert [last(f"{m}-w4a8") for m in ("quarot", "mobilequant", "quantnpu")] == ["gptq"] * 3
+    assert last("quarot-w4a16-lpbq") == "gptq"
+    assert "gptq" not in [last(r) for r in ("rtn-w4a8", "smoothquant-w4a8", "w4a8", "quarot-w8a8", "quantnpu-a16w8")]
