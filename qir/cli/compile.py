@@ -122,6 +122,10 @@ def body(argv) -> int:
     widened = ctx.data.get("quantize", {}).get("widened", [])
     if widened:
         table.add_row("widened to int16 (min_sqnr)", f"{len(widened):,} activations")
+    gptq = ctx.data.get("gptq")
+    if gptq and gptq["output_error_nearest"] > 0:
+        table.add_row("gptq", f"{gptq['weights']} weights; layer-output error "
+                              f"{gptq['output_error_gptq'] / gptq['output_error_nearest']:.2f}x round-to-nearest's")
     table.add_row("total", f"{total:.2f} s")
     table.add_row("wrote", ", ".join(written))
     out.print(table)

@@ -93,3 +93,12 @@ def test_recipes_round_4_bit_weights_by_gptq_except_rtn_and_smoothquant():
     assert [last(f"{m}-w4a8") for m in ("quarot", "mobilequant", "quantnpu")] == ["gptq"] * 3
     assert last("quarot-w4a16-lpbq") == "gptq"
     assert "gptq" not in [last(r) for r in ("rtn-w4a8", "smoothquant-w4a8", "w4a8", "quarot-w8a8", "quantnpu-a16w8")]
+
+
+def test_qir_compile_reports_gptq_on_one_block_of_smollm2(tmp_path, capsys):
+    from qir.cli import compile as compile_cli
+    assert compile_cli.main(["smollm2", "--layers", "1", "--seq-len", "32", "--recipe", "quarot-w4a8",
+                             "--calibration-samples", "4", "--report-samples", "0", "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    ratio = float(out.split("layer-output error")[1].split("x")[0])
+    assert 0 < ratio < 1, out
