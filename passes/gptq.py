@@ -51,6 +51,7 @@ class Gptq(Pass):
         linears, skipped = rounded_linears(module)
         hessians = input_moments(module, sorted({op.operands[0].name for op in linears}), inputs)
         before = after = 0.0
+        factors: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
         with progress_bar() as bar:
             task = bar.add_task("gptq", total=len(linears), status="")
             for op in linears:
@@ -58,8 +59,11 @@ class Gptq(Pass):
                 data = np.asarray(module.weights.get(w), np.float32)
                 spec = module.constants[w].quant
                 scales = element_scales(module, spec, data.shape)
-                rounded = gptq_round(data, h, scales, spec.qmin, spec.qmax, self.damp, self.block,
-                                     by_energy=spec.block_size is None)
+                by_energy = spec.block_size is None  # a per-block grid follows the natural column order
+                key = (op.operands[0].name, by_energy)
+                if key not in factors:
+                    factors[key] = inverse_factor(h, self.damp, by_energy)
+                rounded = gptq_round(data, factors[key], scales, spec.qmin, spec.qmax, self.block)
                 before += output_error(data, grid_round(data, scales, spec.qmin, spec.qmax), h)
                 after += output_error(data, rounded, h)
                 module.weights.set(w, rounded.astype(module.constants[w].type.np_dtype))
@@ -133,38 +137,48 @@ def grid_round(w: np.ndarray, scales: np.ndarray, qmin: int, qmax: int) -> np.nd
 
 def output_error(w: np.ndarray, rounded: np.ndarray, h: np.ndarray) -> float:
     """Σ over calibration tokens of ‖x(W − Ŵ)ᵀ‖²: trace((W − Ŵ) H (W − Ŵ)ᵀ)."""
-    d = (w.astype(np.float64) - rounded.astype(np.float64))
-    return float(np.einsum("oi,ij,oj->", d, h, d))
+    d = w.astype(np.float64) - rounded.astype(np.float64)
+    return float(np.sum((d @ h) * d))
 
 
-def gptq_round(w: np.ndarray, h: np.ndarray, scales: np.ndarray, qmin: int, qmax: int, damp: float = 0.01,
-               block: int = 128, by_energy: bool = True) -> np.ndarray:
-    """W (out × in) rounded column by column onto `scales`' grid, each column's error moved onto
-    the columns after it through the inverse of H (in × in). Returns float32 values on the grid."""
-    n = w.shape[1]
+def inverse_factor(h: np.ndarray, damp: float = 0.01, by_energy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The column order and U, the upper Cholesky factor of (H + λI)⁻¹ in that order, for weights
+    whose input has second moment H (in × in); linears reading one input share it."""
+    n = len(h)
     h = np.array(h, np.float64)
     dead = np.diag(h) == 0  # an input that is always 0: its column cannot matter
     h[dead, dead] = 1.0
     order = np.argsort(-np.diag(h), kind="stable") if by_energy else np.arange(n)
-    w, h, scales = np.array(w, np.float64)[:, order], h[order][:, order], scales[:, order]
+    h = h[order][:, order]
     h[np.diag_indices(n)] += damp * np.mean(np.diag(h))
     try:
-        u = np.linalg.cholesky(np.linalg.inv(h)).T  # (H + λI)⁻¹ = uᵀu, u upper triangular
+        return order, np.linalg.cholesky(np.linalg.inv(h)).T
     except np.linalg.LinAlgError as e:
         raise QirError(f"gptq: the input moment matrix is not positive definite even with damp={damp}; "
                        f"raise damp") from e
-    out = np.zeros_like(w)
+
+
+def gptq_round(w: np.ndarray, factor: tuple[np.ndarray, np.ndarray], scales: np.ndarray, qmin: int, qmax: int,
+               block: int = 128) -> np.ndarray:
+    """W (out × in) rounded column by column onto `scales`' grid, each column's error moved onto the
+    columns after it through `factor` (`inverse_factor` of its input's H). Returns float32 values on
+    the grid."""
+    order, u = factor
+    n = w.shape[1]
+    # rows of the transposes are the columns: contiguous, so each column's step touches memory in order
+    wt = np.array(w.T[order], np.float64)
+    st = np.ascontiguousarray(scales.T[order], np.float64)
+    out = np.zeros_like(wt)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        part, errors = w[:, start:stop].copy(), np.zeros((w.shape[0], stop - start))
+        part, errors = wt[start:stop].copy(), np.zeros((stop - start, w.shape[0]))
         for j in range(stop - start):
-            s = scales[:, start + j].astype(np.float64)
-            q = np.clip(np.round(part[:, j] / s), qmin, qmax) * s
-            out[:, start + j] = q
-            errors[:, j] = (part[:, j] - q) / u[start + j, start + j]
-            part[:, j:] -= np.outer(errors[:, j], u[start + j, start + j:stop])
-        w[:, stop:] -= errors @ u[start:stop, stop:]
+            s = st[start + j]
+            out[start + j] = np.clip(np.round(part[j] / s), qmin, qmax) * s
+            errors[j] = (part[j] - out[start + j]) / u[start + j, start + j]
+            part[j:] -= np.outer(u[start + j, start + j:stop], errors[j])
+        wt[stop:] -= u[start:stop, stop:].T @ errors
     back = np.empty_like(order)
     back[order] = np.arange(n)
     # snap onto the float32 grid the backends store: q · s in float32
-    return grid_round(out[:, back].astype(np.float32), scales[:, back], qmin, qmax)
+    return grid_round(out[back].T.astype(np.float32), scales, qmin, qmax)

@@ -7,7 +7,7 @@ import pytest
 
 import qir
 from qir import PassContext, PassManager, QirError, parse_pipeline
-from passes.gptq import grid_round, gptq_round, output_error
+from passes.gptq import grid_round, gptq_round, inverse_factor, output_error
 from tests.passes.test_learn import DECOMPOSED, hidden_error, quantized, tokens
 
 W4 = "canonicalize,dce,calibrate{histogram=false},quantize{recipe=w4a8}"
@@ -18,7 +18,7 @@ def test_two_columns_match_the_closed_form():
     w = np.array([[0.37, 0.52], [-0.81, 0.13]], np.float32)
     h = np.array([[2.0, 0.9], [0.9, 1.0]])
     s = np.full(w.shape, 0.25, np.float32)
-    got = gptq_round(w, h, s, -8, 7, damp=1e-12, by_energy=False)
+    got = gptq_round(w, inverse_factor(h, damp=1e-12, by_energy=False), s, -8, 7)
     q0 = np.round(w[:, 0] / 0.25) * 0.25
     moved = w[:, 1] + (w[:, 0] - q0) * 0.9 / 1.0
     np.testing.assert_array_equal(got[:, 0], q0)
@@ -30,7 +30,7 @@ def test_uncorrelated_inputs_give_round_to_nearest():
     rng = np.random.default_rng(0)
     w = rng.normal(size=(8, 40)).astype(np.float32)
     s = np.full(w.shape, 0.3, np.float32)
-    np.testing.assert_array_equal(gptq_round(w, np.diag(rng.uniform(1, 2, 40)), s, -8, 7, block=16),
+    np.testing.assert_array_equal(gptq_round(w, inverse_factor(np.diag(rng.uniform(1, 2, 40))), s, -8, 7, block=16),
                                   grid_round(w, s, -8, 7))
 
 
@@ -39,8 +39,8 @@ def test_blocks_change_speed_not_the_result():
     w = rng.normal(size=(6, 50)).astype(np.float32)
     x = rng.normal(size=(200, 50)) @ rng.normal(size=(50, 50))
     s = np.full(w.shape, 0.4, np.float32)
-    one = gptq_round(w, x.T @ x, s, -8, 7, block=50)
-    assert np.array_equal(one, gptq_round(w, x.T @ x, s, -8, 7, block=7))
+    one = gptq_round(w, inverse_factor(x.T @ x), s, -8, 7, block=50)
+    assert np.array_equal(one, gptq_round(w, inverse_factor(x.T @ x), s, -8, 7, block=7))
     assert output_error(w, one, x.T @ x) < 0.8 * output_error(w, grid_round(w, s, -8, 7), x.T @ x)
 
 
