@@ -11,7 +11,8 @@ column (per-tensor and per-channel scales), in their own order for per-block gri
 
 H is taken from the float module on the calibration inputs, one forward pass for all layers (the
 original method re-runs each layer on its quantized predecessors' outputs; one pass keeps the cost
-at one calibration sweep). A weight read by anything but one linear (a tied embedding table) is
+at one calibration sweep), without padding tokens: they are most rows of an encoder's padded
+sentences and would otherwise decide the rounding. A weight read by anything but one linear (a tied embedding table) is
 left as it is: its other readers would see the moved values.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from qir.fake_quant import lpbq_scales
 from passes.learn import training_inputs
 
 RESULT_KEY = "gptq"
+MASK_ARGUMENT = "attention_mask"  # what the encoder frontends name the padding mask
 
 
 @dataclass(frozen=True)
@@ -93,24 +95,27 @@ def rounded_linears(module: Module) -> tuple[list[Op], list[str]]:
 
 
 def input_moments(module: Module, names: list[str], inputs: list[tuple]) -> dict[str, np.ndarray]:
-    """H = Σ xᵀx over every token of every input, for each named value (x: its rows along the last
-    axis), from one float forward pass per input."""
+    """H = Σ xᵀx over the tokens of every input, for each named value (x: its rows along the last
+    axis), from one float forward pass per input. Padding is left out: where main has an
+    `attention_mask` argument, a value with one row per token counts only the rows it marks."""
     wanted = set(names)
+    args = [a.name for a in module.main.args]
+    mask_at = args.index(MASK_ARGUMENT) if MASK_ARGUMENT in args else None
 
     def observe(name, x):
-        if name not in wanted:
-            return jnp.zeros((0,))
-        rows = x.astype(jnp.float32).reshape(-1, x.shape[-1])
-        return rows.T @ rows
+        return x.astype(jnp.float32).reshape(-1, x.shape[-1]) if name in wanted else jnp.zeros((0,))
 
     interpreter = Interpreter(module)
     moments: dict[str, np.ndarray] = {}
     with progress_bar() as bar:
         task = bar.add_task("gptq: input moments", total=len(inputs), status="")
         for sample in inputs:
-            _, observed = interpreter.run_observed(*sample, key="gptq-moments-" + ",".join(names), observe=observe)
+            _, observed = interpreter.run_observed(*sample, key="gptq-rows-" + ",".join(names), observe=observe)
+            mask = None if mask_at is None else np.asarray(sample[mask_at], np.float32).reshape(-1)
             for name in names:
-                moments[name] = moments.get(name, 0.0) + np.asarray(observed[name], np.float64)
+                rows = np.asarray(observed[name])
+                weighted = rows * mask[:, None] if mask is not None and len(mask) == len(rows) else rows
+                moments[name] = moments.get(name, 0.0) + (weighted.T @ rows).astype(np.float64)
             bar.update(task, advance=1)
     return moments
 

@@ -102,3 +102,24 @@ def test_qir_compile_reports_gptq_on_one_block_of_smollm2(tmp_path, capsys):
     out = capsys.readouterr().out
     ratio = float(out.split("layer-output error")[1].split("x")[0])
     assert 0 < ratio < 1, out
+
+
+def test_padding_tokens_are_left_out_of_the_input_moments():
+    """An encoder's padded rows do not count: H of an FFN input equals the sum over the rows the
+    attention mask marks, and changing the padding's token ids does not change it."""
+    from passes.gptq import input_moments
+    from tests.passes.test_smooth import bert_inputs, tiny_bert
+    module = tiny_bert()
+    (ids, mask), = bert_inputs(1, seed=3)
+    assert 0 < mask.sum() < mask.size
+    name = next(op.operands[0].name for op in module.main.ops if op.name == "q.linear"
+                and op.operands[0].type.shape[-1] == 48)  # the FFN-down input
+    h = input_moments(module, [name], [(ids, mask)])[name]
+    rows = np.asarray(qir.Interpreter(module).run_observed(ids, mask, key="rows", observe=lambda n, x: x if n == name
+                                                 else np.zeros((0,)))[1][name]).reshape(-1, 48)
+    kept = rows[mask.reshape(-1) == 1].astype(np.float64)
+    np.testing.assert_allclose(h, kept.T @ kept, rtol=1e-4, atol=1e-4 * np.abs(h).max())
+    other = ids.copy()
+    other[mask == 0] = 7
+    np.testing.assert_allclose(input_moments(module, [name], [(other, mask)])[name], h, rtol=1e-4,
+                               atol=1e-4 * np.abs(h).max())
