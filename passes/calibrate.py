@@ -18,6 +18,7 @@ HISTOGRAM_SAMPLE = 1 << 18  # elements per value and sample that enter its histo
 @dataclass(frozen=True)
 class Calibrate(Pass):
     name = "calibrate"
+    needs_calibration_inputs = True
     summary = "record per-value ranges (and histograms) of the float model on calibration data"
     samples: int = 0  # at most this many of the given inputs; 0: all of them
     histogram: bool = True

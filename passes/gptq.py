@@ -35,6 +35,7 @@ MASK_ARGUMENT = "attention_mask"  # what the encoder frontends name the padding 
 @dataclass(frozen=True)
 class Gptq(Pass):
     name = "gptq"
+    needs_calibration_inputs = True
     summary = ("GPTQ: round each quantized linear weight column by column, moving each column's rounding "
                "error onto the columns not yet rounded (needs quantize; grids unchanged)")
     damp: float = 0.01   # λ as a fraction of the mean diagonal of H: keeps (H + λI) well conditioned

@@ -179,6 +179,7 @@ def make_plan(module: Module, func: Function, target: Value, ranges: bool, clip:
 @dataclass(frozen=True)
 class Learn(Pass):
     name = "learn"
+    needs_calibration_inputs = True
     summary = ("MobileQuant: learn activation ranges, weight clipping and equivalent transformations end to end "
                "(needs quantize), then fold them into weights and static quant params")
     # SmolLM2 w8a8, 6 blocks, held-out error of the final hidden state 0.146 before learning: 0.139

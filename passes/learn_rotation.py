@@ -133,6 +133,7 @@ def share_specs(func: Function) -> None:
 @dataclass(frozen=True)
 class LearnRotation(Pass):
     name = "learn-rotation"
+    needs_calibration_inputs = True
     summary = ("Quant.npu: learn the rotations (Cayley, quant params frozen), then the quant params per group "
                "(rotated tensors, then the rest); needs rotate and quantize")
     rotation_epochs: int = 1   # stage 1: passes over the training inputs
@@ -141,6 +142,7 @@ class LearnRotation(Pass):
     rotation_lr: float = 0.02  # step of the Cayley update (about an angle in radians)
     lr: float = 2e-2           # activation ranges (as learn)
     clip_lr: float = 2e-1      # weight clipping (as learn)
+    clip: bool = True          # stage 2 learns the rotated weights' clipping (false: their grids stay)
     init: bool = True          # stage 0: MSE ranges for rotated activations of ≤ 8 bits
     dynamic: bool = False      # stage 1: activations take their own ranges (times their clip ratio) on each input
     schedule: str = "cosine"
@@ -194,7 +196,7 @@ class LearnRotation(Pass):
                 report["recalibrated"] = len(dynamic)
         if self.param_epochs:
             for tag, keep_rotated in (("rotated", True), ("others", False)):
-                plan = make_plan(module, func, target, ranges=True, clip=keep_rotated, let=False)
+                plan = make_plan(module, func, target, ranges=True, clip=keep_rotated and self.clip, let=False)
                 chosen = [n for n in plan.activations if (n in group) == keep_rotated]
                 plan = replace(plan, activations=chosen,
                                tie={k: v for k, v in plan.tie.items() if v in chosen},

@@ -203,6 +203,7 @@ def fake_quant_weight(w: np.ndarray, settings: dict | None) -> np.ndarray:
 @dataclass(frozen=True)
 class Smooth(Pass):
     name = "smooth"
+    needs_calibration_inputs = True
     summary = "fold per-channel SmoothQuant scales into norm/linear weights, alpha searched per pair"
     recipe: str = "w8a8"     # the bits the search models (those `quantize{recipe=...}` applies later)
     alpha: float = -1.0      # >= 0: this alpha for every pair, no search (classic SmoothQuant)

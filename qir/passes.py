@@ -36,6 +36,7 @@ class Pass:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    needs_calibration_inputs: ClassVar[bool] = False  # qir-compile then supplies ctx.data["calibration_inputs"]
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

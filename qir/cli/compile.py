@@ -78,7 +78,7 @@ def body(argv) -> int:
     lowered = time.perf_counter() - start
     module = loaded.module
     ctx = PassContext()
-    if any(p.name == "calibrate" for p in manager.passes):
+    if any(p.needs_calibration_inputs for p in manager.passes):
         with console.status("preparing calibration data"):
             ctx.data[INPUTS_KEY] = (calibration_file_inputs(args.calibration_data, loaded) if args.calibration_data
                                     else calibration_inputs(loaded, args.calibration_samples))

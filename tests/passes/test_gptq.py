@@ -93,6 +93,10 @@ def test_recipes_round_4_bit_weights_by_gptq_except_rtn_and_smoothquant():
     assert [last(f"{m}-w4a8") for m in ("quarot", "mobilequant", "quantnpu")] == ["gptq"] * 3
     assert last("quarot-w4a16-lpbq") == "gptq"
     assert "gptq" not in [last(r) for r in ("rtn-w4a8", "smoothquant-w4a8", "w4a8", "quarot-w8a8", "quantnpu-a16w8")]
+    # in front of gptq the learning passes keep quantize's weight grids; without gptq they learn clipping
+    learning = lambda name: parse_pipeline(recipe_pipeline(name))[-2]  # noqa: E731
+    assert not learning("mobilequant-w4a8").clip and not learning("quantnpu-w4a16").clip
+    assert [p.clip for p in parse_pipeline(recipe_pipeline("mobilequant-w8a8")) if p.name == "learn"] == [True]
 
 
 def test_qir_compile_reports_gptq_on_one_block_of_smollm2(tmp_path, capsys):
@@ -102,6 +106,15 @@ def test_qir_compile_reports_gptq_on_one_block_of_smollm2(tmp_path, capsys):
     out = capsys.readouterr().out
     ratio = float(out.split("layer-output error")[1].split("x")[0])
     assert 0 < ratio < 1, out
+
+
+def test_qir_compile_gives_a_saved_qir_calibration_inputs_for_gptq(tmp_path, capsys):
+    """gptq on a quantized .qir written earlier: qir-compile draws the inputs from its tokenizer."""
+    from qir.cli import compile as compile_cli
+    common = ["--seq-len", "16", "--calibration-samples", "2", "--report-samples", "0"]
+    assert compile_cli.main(["minilm", "--layers", "1", "-p", W4, "-o", str(tmp_path / "q"), *common]) == 0
+    assert compile_cli.main([str(tmp_path / "q" / "model.qir"), "-p", "gptq", "-o", str(tmp_path / "g"), *common]) == 0
+    assert "layer-output error" in capsys.readouterr().out
 
 
 def test_padding_tokens_are_left_out_of_the_input_moments():

@@ -67,6 +67,16 @@ def test_stages_report_and_the_float_function_is_kept():
                                             "learn-rotation-others"}
 
 
+def test_clip_false_leaves_the_weight_grids_as_quantize_set_them():
+    reference, _ = quantized(ROTATED)
+    module, ctx = learned(rotation_epochs=0, param_epochs=1, clip="false")
+    assert ctx.data["learn-rotation"]["rotated"]["clipped_weights"] == 0
+    for op in module.main.ops:
+        if op.name == "q.linear" and op.operands[1].is_constant:
+            w = op.operands[1].name
+            assert module.constants[w].quant == reference.constants[w].quant, w
+
+
 def test_the_result_runs_in_tflite_bit_exact_with_the_same_ops():
     from backends.tflite.emit import emit_tflite
     from backends.tflite.legalize import legalize_tflite
