@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qir import Interpreter, Module, Op, Pass, PassContext, PassResult, QirError
-from qir.evaluate import progress_bar
+from qir.evaluate import WEIGHTS_ROUNDED_ATTR, progress_bar
 from qir.fake_quant import lpbq_scales
 
 from passes.learn import training_inputs
@@ -71,6 +71,8 @@ class Gptq(Pass):
                 after += output_error(data, rounded, h)
                 module.weights.set(w, rounded.astype(module.constants[w].type.np_dtype))
                 bar.update(task, advance=1, status=w)
+        if linears:
+            module.attrs[WEIGHTS_ROUNDED_ATTR] = self.name  # the float weights are the rounded ones from now on
         ctx.data[RESULT_KEY] = {"weights": len(linears), "skipped": skipped, "samples": len(inputs),
                                 "output_error_nearest": before, "output_error_gptq": after}
         return PassResult(modified=bool(linears))

@@ -11,6 +11,8 @@ from qir.frontend import LoadedModel
 from qir.interpreter import Interpreter
 
 
+WEIGHTS_ROUNDED_ATTR = "weights_rounded_by"  # module attr: the pass that wrote rounded weights over the float ones
+
 def progress_bar(console=None) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     TextColumn("{task.fields[status]}"), console=console, transient=True)

@@ -28,7 +28,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--mode", choices=("auto", "float", "fake-quant"), default="auto",
                         help="interpreter mode; auto: fake-quant for a quantized model (compared with its float "
                              "self: KL, top-1, cosine), float otherwise")
-    parser.add_argument("--layers", type=int, help="keep only the first N blocks of the model")
+    parser.add_argument("--reference", metavar="MODEL",
+                        help="fake-quant: the float model to compare with (default: MODEL's own float weights, "
+                             "which already carry any rounding a pass such as gptq wrote into them)")
+    parser.add_argument("--layers", type=int, help="keep only the first N blocks of the model (of the --reference "
+                                                   "model when MODEL is a .qir)")
     parser.add_argument("--compiled", metavar="FILE",
                         help="evaluate this compiled artifact (e.g. OUT/model.tflite) in its runtime instead of "
                              "the interpreter; MODEL is the float model it is compared with")
@@ -57,6 +61,8 @@ def body(argv) -> int:
         raise QirError("--profile needs --compiled FILE: it profiles a compiled model in its runtime")
     if args.clock_mhz <= 0:
         raise QirError("--clock-mhz must be positive")
+    if args.reference and args.compiled:
+        raise QirError("--reference is for the interpreter; with --compiled, MODEL is the float model compared with")
     compiled = None
     if args.compiled:
         from qir.backend import load_artifact
@@ -68,7 +74,9 @@ def body(argv) -> int:
         raise QirError("--tokens and --context must be at least 2, --sentences at least 1")
     text = load_text(args.text)
     with console.status("loading the model"):
-        loaded = load_model(args.model, seq_len=args.context, layers=args.layers)
+        # a .qir is loaded as written: with --reference, --layers cuts the reference checkpoint alone
+        own_layers = None if args.reference and str(args.model).endswith(".qir") else args.layers
+        loaded = load_model(args.model, seq_len=args.context, layers=own_layers)
     name = args.model or DEFAULT_MODEL
     if args.profile:
         return profile(args, loaded, compiled, text)
@@ -78,7 +86,7 @@ def body(argv) -> int:
     else:
         mode = args.mode if args.mode != "auto" else ("fake-quant" if loaded.module.is_quantized() else "float")
         model_run = Interpreter(loaded.module, mode=mode)
-        float_run = Interpreter(loaded.module) if mode != "float" else None
+        float_run = None if mode == "float" else Interpreter(float_reference(args, loaded))
     if loaded.kind == "causal-lm":
         reference = (lambda w: float_run.run(w)[0]) if float_run else None
         result = {"model": name, "text": args.text, "mode": mode,
@@ -120,6 +128,26 @@ def body(argv) -> int:
         out.print(table)
         return 0
     raise QirError(f"qir-eval does not know how to evaluate a model of kind '{loaded.kind}'")
+
+
+def float_reference(args, loaded):
+    """The float module a fake-quant run is compared with: --reference's, or the model's own."""
+    from qir.errors import QirError
+    from qir.evaluate import WEIGHTS_ROUNDED_ATTR
+    from qir.frontend import load_model
+    if args.reference:
+        with console.status("loading the reference model"):
+            reference = load_model(args.reference, seq_len=loaded.seq_len, layers=args.layers).module
+        shapes = lambda m: [(a.name, list(a.type.shape)) for a in m.main.args]  # noqa: E731
+        if shapes(reference) != shapes(loaded.module):
+            raise QirError(f"--reference {args.reference} takes {shapes(reference)}, the model {shapes(loaded.module)}: "
+                           "is it the model this one was compiled from?")
+        return reference
+    rounded_by = loaded.module.attrs.get(WEIGHTS_ROUNDED_ATTR)
+    if rounded_by:
+        console.print(f"[yellow]note:[/] {rounded_by} rounded this model's weights, so its own float weights "
+                      "leave their rounding error out; pass --reference with the model it was compiled from")
+    return loaded.module
 
 
 def profile(args, loaded, compiled, text) -> int:

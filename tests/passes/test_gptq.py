@@ -117,6 +117,26 @@ def test_qir_compile_gives_a_saved_qir_calibration_inputs_for_gptq(tmp_path, cap
     assert "layer-output error" in capsys.readouterr().out
 
 
+def test_qir_eval_compares_a_gptq_model_with_its_source_when_asked(tmp_path, capsys):
+    """The float weights of a gptq-rounded .qir carry the rounding: against them the weight error
+    vanishes, so qir-eval says so, and --reference puts the source model back as the float side."""
+    import json
+    from qir.cli import compile as compile_cli
+    from qir.cli import eval as eval_cli
+    assert compile_cli.main(["minilm", "--layers", "1", "-p", W4 + ",gptq", "-o", str(tmp_path / "g"), "--seq-len", "32",
+                             "--calibration-samples", "4", "--report-samples", "0"]) == 0
+    capsys.readouterr()
+    cosine = {}
+    for reference in ([], ["--reference", "minilm", "--layers", "1"]):
+        assert eval_cli.main([str(tmp_path / "g" / "model.qir"), "--sentences", "4", *reference, "--json"]) == 0
+        captured = capsys.readouterr()
+        assert ("gptq rounded this model's weights" in captured.err) == (not reference), captured.err
+        cosine[bool(reference)] = json.loads(captured.out.strip().splitlines()[-1])["cosine_to_float_mean"]
+    assert cosine[True] < cosine[False], cosine
+    assert eval_cli.main([str(tmp_path / "g" / "model.qir"), "--reference", "smollm2", "--layers", "1"]) == 2
+    assert "is it the model this one was compiled from?" in capsys.readouterr().err
+
+
 def test_padding_tokens_are_left_out_of_the_input_moments():
     """An encoder's padded rows do not count: H of an FFN input equals the sum over the rows the
     attention mask marks, and changing the padding's token ids does not change it."""
