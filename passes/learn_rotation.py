@@ -138,7 +138,7 @@ class LearnRotation(Pass):
                "(rotated tensors, then the rest); needs rotate and quantize")
     rotation_epochs: int = 1   # stage 1: passes over the training inputs
     param_epochs: int = 2      # stage 2: passes per group
-    samples: int = 0           # calibration inputs to train on; 0: all given
+    samples: int = 16          # the first calibration inputs to train on (a step each); 0: all
     rotation_lr: float = 0.02  # step of the Cayley update (about an angle in radians)
     lr: float = 2e-2           # activation ranges (as learn)
     clip_lr: float = 2e-1      # weight clipping (as learn)

@@ -14,6 +14,12 @@ SENTENCE_SKIP = 1000
 INPUTS_KEY = "calibration_inputs"  # PassContext.data entry the calibrate pass reads: a list of input tuples
 
 
+def default_calibration_samples(kind: str) -> int:
+    """Windows of 256 tokens for a causal LM; sentences (about 20 tokens each) for an encoder, so
+    that the inputs hold more tokens than a layer has input channels (1,536 in MiniLM's FFN)."""
+    return 128 if kind == "encoder" else 16
+
+
 def calibration_inputs(loaded: LoadedModel, samples: int, text: str | None = None) -> list[tuple]:
     """`samples` input tuples for the model's main function."""
     if loaded.tokenizer is None:

@@ -56,13 +56,7 @@ def method_recipe(method: str, bits: str) -> tuple[str, str]:
     """METHOD-BITS: (pipeline, what it is for)."""
     pipeline, why = METHODS[method]
     pipeline, why = pipeline.replace("@bits", bits), f"{why}; {BITS[bits]}"
-    if not rounds_by_gptq(method, bits):
-        return pipeline, why
-    # GPTQ takes over from learned weight clipping: a grid clipped for round-to-nearest leaves it
-    # errors it cannot spread (MiniLM mobilequant-w4a8, fake-quant: cosine 0.81 with, 0.98 without)
-    if pipeline.endswith((",learn", ",learn-rotation")):
-        return pipeline + "{clip=false},gptq", why + "; weights rounded by GPTQ instead of clipped by learning"
-    return pipeline + ",gptq", why + "; weights rounded by GPTQ"
+    return (pipeline + ",gptq", why + "; weights rounded by GPTQ") if rounds_by_gptq(method, bits) else (pipeline, why)
 
 
 RECIPES: dict[str, tuple[str, str]] = {

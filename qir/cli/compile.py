@@ -32,8 +32,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--calibration-data", type=Path, metavar="FILE.npz",
                         help="calibration inputs: one array per function argument, samples stacked on axis 0 "
                              "(default: text from Python's own docs through the model's tokenizer)")
-    parser.add_argument("--calibration-samples", type=int, default=16,
-                        help="calibration windows/sentences made available to calibrate (default 16)")
+    parser.add_argument("--calibration-samples", type=int,
+                        help="calibration inputs made available to the passes: windows of a causal LM (default 16), "
+                             "sentences of an encoder (default 128: about 2,500 tokens, as gptq needs more tokens "
+                             "than its widest input has channels); learning passes train on the first 16")
     parser.add_argument("--report-samples", type=int, default=2,
                         help="inputs the quantization report (SQNR per value) runs on (default 2; 0 skips it)")
     parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN,
@@ -53,13 +55,14 @@ def body(argv) -> int:
     from qir.summary import human_bytes, module_table
     from qir.verifier import verify
     from qir.backend import get_backend
-    from qir.calibration_data import INPUTS_KEY, calibration_file_inputs, calibration_inputs
+    from qir.calibration_data import INPUTS_KEY, calibration_file_inputs, calibration_inputs, default_calibration_samples
     from qir.passes import PassContext, before_calibration, parse_pipeline
     from qir.quant_report import LOSS_CURVES_KEY, bits_of, report_table, sqnr_by_value, write_loss_curves, write_report
     from qir.weights import save_weights
 
     args = build_parser().parse_args(argv)
-    if args.seq_len < 1 or args.calibration_samples < 1 or args.report_samples < 0:
+    if args.seq_len < 1 or (args.calibration_samples is not None and args.calibration_samples < 1) \
+            or args.report_samples < 0:
         raise QirError("--seq-len and --calibration-samples must be positive, --report-samples not negative")
     pipeline = args.pipeline if args.pipeline is not None else recipe_pipeline(args.recipe or DEFAULT_RECIPE)
     manager = make_pass_manager(args, pipeline)
@@ -81,7 +84,8 @@ def body(argv) -> int:
     if any(p.needs_calibration_inputs for p in manager.passes):
         with console.status("preparing calibration data"):
             ctx.data[INPUTS_KEY] = (calibration_file_inputs(args.calibration_data, loaded) if args.calibration_data
-                                    else calibration_inputs(loaded, args.calibration_samples))
+                                    else calibration_inputs(loaded, args.calibration_samples
+                                                            or default_calibration_samples(loaded.kind)))
     manager.run(module, ctx)
     report = None
     if module.is_quantized() and args.report_samples > 0:

@@ -60,7 +60,7 @@ def test_learning_lowers_the_loss_and_the_held_out_error():
     module, ctx = quantized(samples=32)
     held_out = tokens(12, seed=9)
     before = hidden_error(module, held_out)
-    PassManager(parse_pipeline("learn")).run(module, ctx)  # verifies after the pass
+    PassManager(parse_pipeline("learn{samples=32}")).run(module, ctx)  # verifies after the pass
     report = ctx.data["learn"]
     assert report["target"] == "output_norm"
     assert report["steps"] == 128 and len(ctx.data["loss_curves"]["learn"]) == 128
