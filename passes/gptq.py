@@ -52,7 +52,7 @@ class Gptq(Pass):
     def run(self, module: Module, ctx: PassContext) -> PassResult:
         inputs = training_inputs(module, ctx, self.name, self.samples)
         linears, skipped = rounded_linears(module)
-        hessians = input_moments(module, sorted({op.operands[0].name for op in linears}), inputs)
+        hessians, tokens = input_moments(module, sorted({op.operands[0].name for op in linears}), inputs)
         before = after = 0.0
         factors: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
         with progress_bar() as bar:
@@ -73,7 +73,10 @@ class Gptq(Pass):
                 bar.update(task, advance=1, status=w)
         if linears:
             module.attrs[WEIGHTS_ROUNDED_ATTR] = self.name  # the float weights are the rounded ones from now on
+        # fewer tokens than input channels: H is singular and the rounding fits the calibration text
+        widest = max((len(h) for h in hessians.values()), default=0)
         ctx.data[RESULT_KEY] = {"weights": len(linears), "skipped": skipped, "samples": len(inputs),
+                                "tokens": tokens, "widest_input": widest,
                                 "output_error_nearest": before, "output_error_gptq": after}
         return PassResult(modified=bool(linears))
 
@@ -97,10 +100,11 @@ def rounded_linears(module: Module) -> tuple[list[Op], list[str]]:
     return linears, sorted(set(skipped))
 
 
-def input_moments(module: Module, names: list[str], inputs: list[tuple]) -> dict[str, np.ndarray]:
+def input_moments(module: Module, names: list[str], inputs: list[tuple]) -> tuple[dict[str, np.ndarray], int]:
     """H = Σ xᵀx over the tokens of every input, for each named value (x: its rows along the last
-    axis), from one float forward pass per input. Padding is left out: where main has an
-    `attention_mask` argument, a value with one row per token counts only the rows it marks."""
+    axis), from one float forward pass per input, and the number of tokens counted. Padding is
+    left out: where main has an `attention_mask` argument, a value with one row per token counts
+    only the rows it marks."""
     wanted = set(names)
     args = [a.name for a in module.main.args]
     mask_at = args.index(MASK_ARGUMENT) if MASK_ARGUMENT in args else None
@@ -110,17 +114,19 @@ def input_moments(module: Module, names: list[str], inputs: list[tuple]) -> dict
 
     interpreter = Interpreter(module)
     moments: dict[str, np.ndarray] = {}
+    tokens = 0
     with progress_bar() as bar:
         task = bar.add_task("gptq: input moments", total=len(inputs), status="")
         for sample in inputs:
             _, observed = interpreter.run_observed(*sample, key="gptq-rows-" + ",".join(names), observe=observe)
             mask = None if mask_at is None else np.asarray(sample[mask_at], np.float32).reshape(-1)
+            tokens += int(mask.sum()) if mask is not None else int(np.prod(np.shape(sample[0])))
             for name in names:
                 rows = np.asarray(observed[name])
                 weighted = rows * mask[:, None] if mask is not None and len(mask) == len(rows) else rows
                 moments[name] = moments.get(name, 0.0) + (weighted.T @ rows).astype(np.float64)
             bar.update(task, advance=1)
-    return moments
+    return moments, tokens
 
 
 def element_scales(module: Module, spec, shape: tuple[int, int]) -> np.ndarray:

@@ -128,8 +128,12 @@ def body(argv) -> int:
         table.add_row("widened to int16 (min_sqnr)", f"{len(widened):,} activations")
     gptq = ctx.data.get("gptq")
     if gptq and gptq["output_error_nearest"] > 0:
-        table.add_row("gptq", f"{gptq['weights']} weights; layer-output error "
+        table.add_row("gptq", f"{gptq['weights']} weights from {gptq['tokens']:,} tokens; layer-output error "
                               f"{gptq['output_error_gptq'] / gptq['output_error_nearest']:.2f}x round-to-nearest's")
+        if gptq["tokens"] < gptq["widest_input"]:
+            table.add_row("[yellow]gptq warning[/]", f"{gptq['tokens']:,} calibration tokens for inputs of up to "
+                                                    f"{gptq['widest_input']:,} channels: the rounding fits the "
+                                                    "calibration text; give more --calibration-samples")
     table.add_row("total", f"{total:.2f} s")
     table.add_row("wrote", ", ".join(written))
     out.print(table)
