@@ -26,7 +26,7 @@ from qir import Interpreter, Module, Op, Pass, PassContext, PassResult, QirError
 from qir.evaluate import WEIGHTS_ROUNDED_ATTR, progress_bar
 from qir.fake_quant import lpbq_scales
 
-from passes.learn import training_inputs
+from passes.learn import FLOAT_REFERENCES_KEY, loss_target, training_inputs
 
 RESULT_KEY = "gptq"
 MASK_ARGUMENT = "attention_mask"  # what the encoder frontends name the padding mask
@@ -52,7 +52,11 @@ class Gptq(Pass):
     def run(self, module: Module, ctx: PassContext) -> PassResult:
         inputs = training_inputs(module, ctx, self.name, self.samples)
         linears, skipped = rounded_linears(module)
-        hessians, tokens = input_moments(module, sorted({op.operands[0].name for op in linears}), inputs)
+        target = loss_target(module.main).name
+        hessians, tokens, references = input_moments(module, sorted({op.operands[0].name for op in linears}), inputs,
+                                                     keep=target)
+        # a learning pass after this one trains against the float model, which the rounded weights no longer give
+        ctx.data.setdefault(FLOAT_REFERENCES_KEY, {})[target] = references
         before = after = 0.0
         factors: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray]] = {}
         with progress_bar() as bar:
@@ -100,33 +104,39 @@ def rounded_linears(module: Module) -> tuple[list[Op], list[str]]:
     return linears, sorted(set(skipped))
 
 
-def input_moments(module: Module, names: list[str], inputs: list[tuple]) -> tuple[dict[str, np.ndarray], int]:
+def input_moments(module: Module, names: list[str], inputs: list[tuple], keep: str | None = None
+                  ) -> tuple[dict[str, np.ndarray], int, list[jnp.ndarray]]:
     """H = Σ xᵀx over the tokens of every input, for each named value (x: its rows along the last
-    axis), from one float forward pass per input, and the number of tokens counted. Padding is
-    left out: where main has an `attention_mask` argument, a value with one row per token counts
-    only the rows it marks."""
+    axis), from one float forward pass per input, the number of tokens counted, and the value
+    `keep` on each input. Padding is left out: where main has an `attention_mask` argument, a value
+    with one row per token counts only the rows it marks."""
     wanted = set(names)
     args = [a.name for a in module.main.args]
     mask_at = args.index(MASK_ARGUMENT) if MASK_ARGUMENT in args else None
 
     def observe(name, x):
+        if name == keep:
+            return x.astype(jnp.float32)
         return x.astype(jnp.float32).reshape(-1, x.shape[-1]) if name in wanted else jnp.zeros((0,))
 
     interpreter = Interpreter(module)
     moments: dict[str, np.ndarray] = {}
-    tokens = 0
+    tokens, kept = 0, []
     with progress_bar() as bar:
         task = bar.add_task("gptq: input moments", total=len(inputs), status="")
         for sample in inputs:
-            _, observed = interpreter.run_observed(*sample, key="gptq-rows-" + ",".join(names), observe=observe)
+            _, observed = interpreter.run_observed(*sample, key=f"gptq-rows-{keep}-" + ",".join(names),
+                                                   observe=observe)
+            if keep is not None:
+                kept.append(jnp.asarray(observed[keep]))
             mask = None if mask_at is None else np.asarray(sample[mask_at], np.float32).reshape(-1)
             tokens += int(mask.sum()) if mask is not None else int(np.prod(np.shape(sample[0])))
             for name in names:
-                rows = np.asarray(observed[name])
+                rows = np.asarray(observed[name]).reshape(-1, observed[name].shape[-1])
                 weighted = rows * mask[:, None] if mask is not None and len(mask) == len(rows) else rows
                 moments[name] = moments.get(name, 0.0) + (weighted.T @ rows).astype(np.float64)
             bar.update(task, advance=1)
-    return moments, tokens
+    return moments, tokens, kept
 
 
 def element_scales(module: Module, spec, shape: tuple[int, int]) -> np.ndarray:

@@ -25,7 +25,7 @@ from flax import nnx
 
 from qir import Function, Interpreter, Module, Op, Pass, PassContext, PassResult, QirError, Value
 from qir.calibration_data import INPUTS_KEY
-from qir.evaluate import progress_bar
+from qir.evaluate import WEIGHTS_ROUNDED_ATTR, progress_bar
 from qir.quant_report import LOSS_CURVES_KEY
 from qir.segmented import SegmentedGradient, upstream
 from qir.learning import (LearnPlan, Transform, build_model, cayley, clip_to_running_norm, fold, materialize,
@@ -35,6 +35,9 @@ from passes.quantize import VIEWS  # integer runtimes keep a view's input quant 
 from passes.smooth import SmoothPair, constant_use_counts, find_pairs, linear_readers
 
 RESULT_KEY = "learn"  # ctx.data entry: losses and counts
+# ctx.data entry {target value name: [its float value per calibration input]}, kept by a pass that
+# rounds the float weights (gptq) so that a learning pass after it still trains against the float model
+FLOAT_REFERENCES_KEY = "float-references"
 
 
 # -- what is learned ---------------------------------------------------------------------------------
@@ -207,6 +210,11 @@ class Learn(Pass):
                            f"let_lr={self.let_lr}, max_grad_ratio={self.max_grad_ratio}")
 
     def run(self, module: Module, ctx: PassContext) -> PassResult:
+        rounded_by = module.attrs.get(WEIGHTS_ROUNDED_ATTR)
+        if rounded_by and (self.clip or self.let):
+            raise QirError(f"learn after {rounded_by}: the weights are rounded already, and clipping or equivalent "
+                           f"transformations would move them off their grid; learn only the ranges with "
+                           f"learn{{clip=false,let=false}}")
         inputs = training_inputs(module, ctx, self.name, self.samples)
         target = loss_target(module.main)
         plan = make_plan(module, module.main, target, self.ranges, self.clip, self.let)
@@ -233,7 +241,7 @@ def train(module: Module, ctx: PassContext, plan: LearnPlan, target: Value, inpu
     func = module.main
     model = build_model(module, plan)
     graphdef, params, fixed = nnx.split(model, nnx.Param, ...)
-    references = float_references(module, target, inputs)
+    references = float_references(module, ctx, target, inputs)
     fake = Interpreter(module, mode="fake-quant")
     base = fake.weights_for(func)
     # compiled a segment at a time: the whole step compiled at once took XLA ~16 min on SmolLM2
@@ -323,9 +331,23 @@ def typed_inputs(func: Function, sample: tuple, name: str = "learn") -> tuple:
     return arrays
 
 
-def float_references(module: Module, target: Value, inputs: list[tuple]) -> list[jax.Array]:
-    """The float module's target value on each input."""
+def float_references(module: Module, ctx: PassContext, target: Value, inputs: list[tuple]) -> list[jax.Array]:
+    """The float module's target value on each input. Once a pass has rounded the float weights
+    (gptq), the float model is the one before it: its values, which that pass kept in ctx."""
+    rounded_by = module.attrs.get(WEIGHTS_ROUNDED_ATTR)
+    if rounded_by:
+        kept = ctx.data.get(FLOAT_REFERENCES_KEY, {}).get(target.name, [])
+        if len(kept) < len(inputs):
+            raise QirError(f"the weights were rounded by {rounded_by}, so they no longer give the float model's "
+                           f"outputs to learn against; learn needs {rounded_by} to run in the same pipeline, on at "
+                           f"least as many calibration inputs ({len(inputs)}; {rounded_by} kept {len(kept)})")
+        return kept[:len(inputs)]
+    return observed_values(module, target.name, inputs)
+
+
+def observed_values(module: Module, name: str, inputs: list[tuple]) -> list[jax.Array]:
+    """The float module's value `name` on each input."""
     interpreter = Interpreter(module)
-    pick = lambda name, x: x if name == target.name else jnp.zeros((0,), x.dtype)  # noqa: E731
-    return [jnp.asarray(interpreter.run_observed(*x, key=f"learn-target-{target.name}", observe=pick)[1][target.name],
+    pick = lambda n, x: x if n == name else jnp.zeros((0,), x.dtype)  # noqa: E731
+    return [jnp.asarray(interpreter.run_observed(*x, key=f"learn-target-{name}", observe=pick)[1][name],
                         jnp.float32) for x in inputs]

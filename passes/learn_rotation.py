@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from qir import Function, Module, Pass, PassContext, PassResult, QirError
+from qir.evaluate import WEIGHTS_ROUNDED_ATTR
 from qir.learning import start_factors
 from qir.stats import observed_range
 from qir.quant_params import affine_params
@@ -162,6 +163,10 @@ class LearnRotation(Pass):
                            f"max_grad_ratio={self.max_grad_ratio}")
 
     def run(self, module: Module, ctx: PassContext) -> PassResult:
+        if module.attrs.get(WEIGHTS_ROUNDED_ATTR):
+            raise QirError(f"learn-rotation after {module.attrs[WEIGHTS_ROUNDED_ATTR]}: rotations would move the "
+                           f"rounded weights off their grid; put {module.attrs[WEIGHTS_ROUNDED_ATTR]} after "
+                           f"learn-rotation (and learn{{clip=false,let=false}} after both to learn the ranges)")
         record = ctx.data.get("rotate")
         if not record or "constants" not in record:
             raise QirError("learn-rotation learns on top of the rotations 'rotate' folded in: put 'fold-norms,rotate' "

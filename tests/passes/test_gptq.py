@@ -87,6 +87,40 @@ def test_bad_input():
         PassManager(parse_pipeline("gptq")).run(module, PassContext())
 
 
+def test_learning_after_gptq_trains_against_the_float_model_before_rounding():
+    from passes.learn import float_references, loss_target, observed_values, typed_inputs
+    module, ctx = quantized(W4, samples=8)
+    target = loss_target(module.main)
+    inputs = [typed_inputs(module.main, x) for x in ctx.data["calibration_inputs"]]
+    unrounded = observed_values(module, target.name, inputs)
+    PassManager(parse_pipeline("gptq")).run(module, ctx)
+    rounded = observed_values(module, target.name, inputs)
+    assert not np.allclose(rounded[0], unrounded[0], atol=1e-3)  # the rounded weights are another float model
+    for kept, want in zip(float_references(module, ctx, target, inputs), unrounded):
+        np.testing.assert_allclose(kept, want, rtol=1e-5, atol=1e-5)
+    linears = {op.operands[1].name: module.weights.get(op.operands[1].name).copy()
+               for op in module.main.ops if op.name == "q.linear" and op.operands[1].is_constant}
+    PassManager(parse_pipeline("learn{clip=false,let=false,epochs=2}")).run(module, ctx)
+    report = ctx.data["learn"]
+    assert report["loss_after"] < report["loss_before"] and report["clipped_weights"] == 0, report
+    for name, w in linears.items():  # the ranges are learned, the rounded weights stay
+        np.testing.assert_array_equal(module.weights.get(name), w)
+
+
+def test_learning_that_would_move_rounded_weights_is_refused():
+    module, ctx = quantized(W4, samples=4)
+    PassManager(parse_pipeline("gptq")).run(module, ctx)
+    for pipeline in ("learn", "learn{let=false}", "learn{clip=false}"):
+        with pytest.raises(QirError, match="learn after gptq: the weights are rounded already"):
+            PassManager(parse_pipeline(pipeline)).run(module, ctx)
+    with pytest.raises(QirError, match="learn-rotation after gptq: rotations would move"):
+        PassManager(parse_pipeline("learn-rotation")).run(module, ctx)
+    # a saved model rounded by gptq, learned in a new pipeline: the float model is gone
+    fresh = PassContext(data={"calibration_inputs": ctx.data["calibration_inputs"]})
+    with pytest.raises(QirError, match="learn needs gptq to run in the same pipeline"):
+        PassManager(parse_pipeline("learn{clip=false,let=false}")).run(module, fresh)
+
+
 def test_recipes_round_4_bit_weights_by_gptq_except_rtn_and_smoothquant():
     from qir.recipes import recipe_pipeline
     last = lambda name: [p.name for p in parse_pipeline(recipe_pipeline(name))][-1]  # noqa: E731
@@ -146,7 +180,7 @@ def test_padding_tokens_are_left_out_of_the_input_moments():
     assert 0 < mask.sum() < mask.size
     name = next(op.operands[0].name for op in module.main.ops if op.name == "q.linear"
                 and op.operands[0].type.shape[-1] == 48)  # the FFN-down input
-    moments, tokens = input_moments(module, [name], [(ids, mask)])
+    moments, tokens, _ = input_moments(module, [name], [(ids, mask)])
     h = moments[name]
     assert tokens == mask.sum()
     rows = np.asarray(qir.Interpreter(module).run_observed(ids, mask, key="rows", observe=lambda n, x: x if n == name
