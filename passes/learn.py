@@ -26,7 +26,7 @@ from flax import nnx
 from qir import Function, Interpreter, Module, Op, Pass, PassContext, PassResult, QirError, Value
 from qir.calibration_data import INPUTS_KEY
 from qir.evaluate import WEIGHTS_ROUNDED_ATTR, progress_bar
-from qir.quant_report import LOSS_CURVES_KEY
+from qir.quant_report import LOSS_CURVES_KEY, LOSS_SUMMARY_KEY, unique_run_name
 from qir.segmented import SegmentedGradient, upstream
 from qir.learning import (LearnPlan, Transform, build_model, cayley, clip_to_running_norm, fold, materialize,
                           spec_overrides, start_factors)
@@ -299,7 +299,10 @@ def train(module: Module, ctx: PassContext, plan: LearnPlan, target: Value, inpu
     after, params = best
 
     fold(module, plan, {k: np.asarray(v) for k, v in compute(params, base).items()})
-    ctx.data.setdefault(LOSS_CURVES_KEY, {})[name] = curve
+    run = unique_run_name(name, ctx.data)  # a second learn in one pipeline keeps the first one's curve
+    ctx.data.setdefault(LOSS_CURVES_KEY, {})[run] = curve
+    ctx.data.setdefault(LOSS_SUMMARY_KEY, {})[run] = {"before": before, "after": after, "kept_epoch": best_epoch,
+                                                      "epochs": epochs}
     return {"target": target.name, "loss_before": before, "loss_after": after, "kept_epoch": best_epoch,
             "epoch_losses": epoch_losses, "loss": curve,
             "steps": len(curve), "samples": len(inputs), "first_step_seconds": seconds[0] if seconds else None,

@@ -79,6 +79,16 @@ def write_report(sqnr: dict[str, float], bits: dict[str, str], folder: Path) -> 
 
 
 LOSS_CURVES_KEY = "loss_curves"  # PassContext.data entry learning passes fill: {pass name: [loss per step]}
+# PassContext.data entry learning passes fill: {pass name: {"before", "after", "kept_epoch", "epochs"}}
+LOSS_SUMMARY_KEY = "loss_summaries"
+
+
+def unique_run_name(name: str, ctx_data: dict) -> str:
+    """`name`, or `name-2`, `name-3`... when a pass of that name already learned in this pipeline."""
+    taken, key, n = ctx_data.get(LOSS_CURVES_KEY, {}), name, 2
+    while key in taken:
+        key, n = f"{name}-{n}", n + 1
+    return key
 
 
 def write_loss_curves(curves: dict[str, list[float]], folder: Path) -> list[str]:

@@ -44,8 +44,14 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 # 4-bit weights are rounded by GPTQ in the methods that keep the weights' grids to themselves (as
 # QuaRot rounds its W4 weights); rtn and smoothquant stay round-to-nearest, as their names say.
-# SmolLM2 w4a8 through LiteRT: quarot 44.02 -> 22.52 with gptq, mobilequant 53.10 -> 46.96 (docs/accuracy-passes.md#gptq)
+# SmolLM2 w4a8 through LiteRT: quarot 44.02 -> 22.52 with gptq (docs/accuracy-passes.md#gptq)
 GPTQ_METHODS = ("quarot", "mobilequant", "quantnpu")
+# The learning methods learn around gptq: no clipping before it (clipping learned against
+# round-to-nearest weights conflicts with GPTQ's rounding), and the ranges again after it, against
+# the unrounded float model (for quantnpu: the rotations before, every quant param after). SmolLM2 / MiniLM w4a8 mobilequant through LiteRT: learn then gptq
+# 46.96 / cosine 0.9198; this way 41.53 / 0.9690 (docs/accuracy-passes.md#learning-after-gptq)
+BEFORE_GPTQ = {"learn": "learn{clip=false}", "learn-rotation": "learn-rotation{param_epochs=0}"}
+RANGES_AFTER_GPTQ = "learn{clip=false,let=false}"
 
 
 def rounds_by_gptq(method: str, bits: str) -> bool:
@@ -56,7 +62,13 @@ def method_recipe(method: str, bits: str) -> tuple[str, str]:
     """METHOD-BITS: (pipeline, what it is for)."""
     pipeline, why = METHODS[method]
     pipeline, why = pipeline.replace("@bits", bits), f"{why}; {BITS[bits]}"
-    return (pipeline + ",gptq", why + "; weights rounded by GPTQ") if rounds_by_gptq(method, bits) else (pipeline, why)
+    if not rounds_by_gptq(method, bits):
+        return pipeline, why
+    if method not in LEARNING_METHODS:
+        return pipeline + ",gptq", why + "; weights rounded by GPTQ"
+    passes, learning = pipeline.rsplit(",", 1)
+    return (f"{passes},{BEFORE_GPTQ[learning]},gptq,{RANGES_AFTER_GPTQ}",
+            why + "; learned without clipping, weights rounded by GPTQ, ranges learned again against the float model")
 
 
 RECIPES: dict[str, tuple[str, str]] = {

@@ -57,7 +57,8 @@ def body(argv) -> int:
     from qir.backend import get_backend
     from qir.calibration_data import INPUTS_KEY, calibration_file_inputs, calibration_inputs, default_calibration_samples
     from qir.passes import PassContext, before_calibration, parse_pipeline
-    from qir.quant_report import LOSS_CURVES_KEY, bits_of, report_table, sqnr_by_value, write_loss_curves, write_report
+    from qir.quant_report import (LOSS_CURVES_KEY, LOSS_SUMMARY_KEY, bits_of, report_table, sqnr_by_value,
+                                  write_loss_curves, write_report)
     from qir.weights import save_weights
 
     args = build_parser().parse_args(argv)
@@ -126,6 +127,9 @@ def body(argv) -> int:
     widened = ctx.data.get("quantize", {}).get("widened", [])
     if widened:
         table.add_row("widened to int16 (min_sqnr)", f"{len(widened):,} activations")
+    for run, loss in ctx.data.get(LOSS_SUMMARY_KEY, {}).items():
+        table.add_row(run, f"training loss {loss['before']:.4g} -> {loss['after']:.4g} "
+                           f"(epoch {loss['kept_epoch']} of {loss['epochs']} kept)")
     gptq = ctx.data.get("gptq")
     if gptq and gptq["output_error_nearest"] > 0:
         table.add_row("gptq", f"{gptq['weights']} weights from {gptq['tokens']:,} tokens; layer-output error "

@@ -123,10 +123,14 @@ def test_learning_that_would_move_rounded_weights_is_refused():
 
 def test_recipes_round_4_bit_weights_by_gptq_except_rtn_and_smoothquant():
     from qir.recipes import recipe_pipeline
-    last = lambda name: [p.name for p in parse_pipeline(recipe_pipeline(name))][-1]  # noqa: E731
-    assert [last(f"{m}-w4a8") for m in ("quarot", "mobilequant", "quantnpu")] == ["gptq"] * 3
-    assert last("quarot-w4a16-lpbq") == "gptq"
-    assert "gptq" not in [last(r) for r in ("rtn-w4a8", "smoothquant-w4a8", "w4a8", "quarot-w8a8", "quantnpu-a16w8")]
+    passes = lambda name: parse_pipeline(recipe_pipeline(name))  # noqa: E731
+    assert passes("quarot-w4a8")[-1:] == passes("quarot-w4a16-lpbq")[-1:] == parse_pipeline("gptq")
+    # the learning methods: no clipping learned before gptq, the ranges learned again after it
+    assert passes("mobilequant-w4a8")[-3:] == parse_pipeline("learn{clip=false},gptq,learn{clip=false,let=false}")
+    assert passes("quantnpu-w4a16")[-3:] == parse_pipeline("learn-rotation{param_epochs=0},gptq,"
+                                                          "learn{clip=false,let=false}")
+    for name in ("rtn-w4a8", "smoothquant-w4a8", "w4a8", "quarot-w8a8", "quantnpu-a16w8", "mobilequant-w8a8"):
+        assert "gptq" not in [p.name for p in passes(name)], name
 
 
 def test_qir_compile_reports_gptq_on_one_block_of_smollm2(tmp_path, capsys):
@@ -136,6 +140,15 @@ def test_qir_compile_reports_gptq_on_one_block_of_smollm2(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table's rows may wrap
     ratio = float(out.split("layer-output error")[1].split("x")[0])
     assert 0 < ratio < 1, out
+
+
+def test_qir_compile_keeps_both_learning_runs_of_mobilequant_w4a8(tmp_path, capsys):
+    from qir.cli import compile as compile_cli
+    assert compile_cli.main(["smollm2", "--layers", "1", "--seq-len", "32", "--recipe", "mobilequant-w4a8",
+                             "--calibration-samples", "4", "--report-samples", "0", "-o", str(tmp_path / "out")]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "learn training loss" in out and "learn-2 training loss" in out, out
+    assert (tmp_path / "out" / "learn-loss.png").exists() and (tmp_path / "out" / "learn-2-loss.png").exists()
 
 
 def test_qir_compile_gives_a_saved_qir_calibration_inputs_for_gptq(tmp_path, capsys):
