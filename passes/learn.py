@@ -11,7 +11,9 @@ The loss is the relative squared error of the final hidden state (the input of t
 the last norm's output of a causal LM; otherwise the last output, an encoder's pooled embedding) of the fake-quantized module
 against the float module, ||y_q - y||² / ||y||², one calibration input per step, with adam and
 straight-through rounding. Afterwards everything is folded into the weights and static quant
-params: the result is an ordinary quantized module. See docs/accuracy-passes.md."""
+params: the result is an ordinary quantized module. After `gptq` only the ranges may be learned
+(clip=false, let=false), against the float values gptq kept from before its rounding. See
+docs/accuracy-passes.md."""
 from __future__ import annotations
 
 import time

@@ -127,7 +127,7 @@ def test_recipes_round_4_bit_weights_by_gptq_except_rtn_and_smoothquant():
     assert passes("quarot-w4a8")[-1:] == passes("quarot-w4a16-lpbq")[-1:] == parse_pipeline("gptq")
     # the learning methods: no clipping learned before gptq, the ranges learned again after it
     assert passes("mobilequant-w4a8")[-3:] == parse_pipeline("learn{clip=false},gptq,learn{clip=false,let=false}")
-    assert passes("quantnpu-w4a16")[-3:] == parse_pipeline("learn-rotation{param_epochs=0},gptq,"
+    assert passes("quantnpu-w4a16")[-3:] == parse_pipeline("learn-rotation{rotation_epochs=0,param_epochs=0},gptq,"
                                                           "learn{clip=false,let=false}")
     for name in ("rtn-w4a8", "smoothquant-w4a8", "w4a8", "quarot-w8a8", "quantnpu-a16w8", "mobilequant-w8a8"):
         assert "gptq" not in [p.name for p in passes(name)], name
