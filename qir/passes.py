@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TextIO
+from typing import Any, Callable, ClassVar, TextIO
 
 from qir.errors import QirError
 from qir.ir import Module
@@ -149,7 +149,9 @@ class PassManager:
     def _wants(self, chosen: set[str], name: str) -> bool:
         return "all" in chosen or name in chosen
 
-    def run(self, module: Module, ctx: PassContext | None = None) -> Module:
+    def run(self, module: Module, ctx: PassContext | None = None,
+            after_pass: Callable[[Pass, Module], None] | None = None) -> Module:
+        """`after_pass(pass, module)`, if given, runs after each pass has been verified."""
         from qir.printer import print_module
         from qir.verifier import verify
         ctx = ctx or PassContext()
@@ -173,4 +175,6 @@ class PassManager:
                 self.stream.write(f"// ----- IR after {p.name} -----\n{print_module(module)}")
             if self.dump_dir:
                 (self.dump_dir / f"{index:02d}-{p.name}.qir").write_text(print_module(module))
+            if after_pass is not None:
+                after_pass(p, module)
         return module

@@ -87,7 +87,13 @@ def body(argv) -> int:
             ctx.data[INPUTS_KEY] = (calibration_file_inputs(args.calibration_data, loaded) if args.calibration_data
                                     else calibration_inputs(loaded, args.calibration_samples
                                                             or default_calibration_samples(loaded.kind)))
-    manager.run(module, ctx)
+    def check_target(p, module):
+        # the target's verdict on the quantized ops before later passes spend minutes: they change numbers only
+        if backend is not None and p.name == "quantize" and p is not manager.passes[-1]:
+            with console.status(f"checking the quantized ops against --target {args.target}"):
+                backend.legalize(module)
+
+    manager.run(module, ctx, after_pass=check_target)
     report = None
     if module.is_quantized() and args.report_samples > 0:
         with console.status("measuring SQNR per quantized value"):

@@ -192,3 +192,18 @@ def test_smollm2_two_layers_lpbq_logits_on_htp():
     result = fidelity(loaded.module, [(w,) for w in evaluation_windows(loaded, 2)])
     print(f"SmolLM2 2 layers, w4a16-lpbq, logits: {result}")
     check(result, SMOLLM2_BOUNDS["logits"])
+
+
+def test_the_target_refuses_quantized_ops_before_later_passes_run(tmp_path, capsys):
+    """After `quantize` qir-compile asks the target about the quantized ops, so 4-bit per-channel
+    weights stop a QNN compile before the passes after it (learning, gptq) spend their minutes:
+    here the gptq after quantize would fail on its own option if it ran."""
+    model = write_model(tmp_path)
+    recipe = tmp_path / "w4.json"
+    recipe.write_text(json.dumps({"weights": {"bits": 4}, "activations": {"bits": 16}}))
+    args = compile_args(tmp_path, model, str(recipe), "qnn")
+    args[1:3] = ["-p", f"canonicalize,dce,calibrate,quantize{{recipe={recipe}}},gptq{{damp=0}}"]
+    assert compile_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "qnn: weight @up of %up is 4-bit per-channel" in err and "gptq" not in err, err
+    assert not (tmp_path / "out").exists()
