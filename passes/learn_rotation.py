@@ -163,10 +163,11 @@ class LearnRotation(Pass):
                            f"max_grad_ratio={self.max_grad_ratio}")
 
     def run(self, module: Module, ctx: PassContext) -> PassResult:
-        if module.attrs.get(WEIGHTS_ROUNDED_ATTR):
-            raise QirError(f"learn-rotation after {module.attrs[WEIGHTS_ROUNDED_ATTR]}: rotations would move the "
-                           f"rounded weights off their grid; put {module.attrs[WEIGHTS_ROUNDED_ATTR]} after "
-                           f"learn-rotation (and learn{{clip=false,let=false}} after both to learn the ranges)")
+        rounded_by = module.attrs.get(WEIGHTS_ROUNDED_ATTR)
+        if rounded_by:
+            raise QirError(f"learn-rotation after {rounded_by}: rotations would move the rounded weights off their "
+                           f"grid; put {rounded_by} after learn-rotation (and learn{{clip=false,let=false}} after "
+                           f"both to learn the ranges)")
         record = ctx.data.get("rotate")
         if not record or "constants" not in record:
             raise QirError("learn-rotation learns on top of the rotations 'rotate' folded in: put 'fold-norms,rotate' "
